@@ -1,3 +1,3 @@
 fn main() {
-    println!("Hello, world!");
+    jsrun::run(std::env::args_os()).exit()
 }

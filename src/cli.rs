@@ -1,0 +1,318 @@
+//! The command line: what was typed ([`Cli`], whose doc comments are the help text and the
+//! man page) and what it means ([`Config`]).
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, ValueEnum};
+
+use crate::makeflags::Auth;
+use crate::server::Style;
+use crate::status::Status;
+
+/// Run commands in parallel within one GNU make jobserver budget.
+///
+/// Under make (a `+jsrun ...` recipe) or any jobserver, jsrun is a client: its first job
+/// runs in the implicit slot, every further concurrent job takes a token that goes back
+/// when the job ends. With -jN and no jobserver around, it creates one with N slots and
+/// exports it to its children through MAKEFLAGS, so make, ninja, cargo and emerge below it
+/// share the same N slots.
+#[derive(Debug, Parser)]
+#[command(
+    name = "jsrun",
+    version,
+    override_usage = "jsrun [OPTIONS] [--] COMMAND [ARG...]\n       \
+                      jsrun [OPTIONS] [--] COMMAND [ARG...] ::: VALUE...\n       \
+                      jsrun [OPTIONS] [--] COMMAND [ARG...] :::: FILE\n       \
+                      jsrun [OPTIONS] < commands.txt",
+    after_help = "Replacement strings in ARGs: {} value, {.} without extension, {/} basename, \
+                  {//} dirname, {/.} basename without extension, {#} job number, {%} slot \
+                  number. Without any, the value is appended as the last argument.\n\n\
+                  Exit status: the job's status (128+S if killed by signal S); with several \
+                  jobs, 0 or the status of the first failed job; 125 jsrun error, 126 not \
+                  executable, 127 not found."
+)]
+pub struct Cli {
+    /// Job slots: at most N jobs at once. Bare -j or -j0: the number of CPUs. With no
+    /// usable jobserver around, jsrun creates one with N slots for its children.
+    #[arg(short = 'j', long = "jobs", value_name = "N", num_args = 0..=1, default_missing_value = "0")]
+    pub jobs: Option<usize>,
+
+    /// Start no further job while the 1-minute load average is at least LOAD (one job may
+    /// always run).
+    #[arg(short = 'l', long = "load-average", value_name = "LOAD")]
+    pub load_average: Option<f64>,
+
+    /// After a failure, keep starting the remaining jobs (default: start no new job, let
+    /// running ones finish).
+    #[arg(short = 'k', long)]
+    pub keep_going: bool,
+
+    /// Kind of jobserver to create. Default: fifo, or pipe when the command is a GNU make
+    /// older than 4.4.
+    #[arg(long, value_enum, value_name = "STYLE")]
+    pub jobserver_style: Option<Style>,
+
+    /// Use this jobserver (fifo:PATH or R,W) instead of MAKEFLAGS, with no implicit slot:
+    /// a token is taken before the first job too.
+    #[arg(long, value_name = "AUTH")]
+    pub jobserver: Option<String>,
+
+    /// Group the output of jobs: by line, or by job (bare -O).
+    #[arg(
+        short = 'O',
+        long,
+        value_enum,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "job"
+    )]
+    pub output_sync: Option<OutputSync>,
+
+    /// Prefix each output line with the job's value (implies -O line unless -O is given).
+    #[arg(long)]
+    pub tag: bool,
+
+    /// Print each command to stderr as it starts.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Print the commands, run nothing (also when MAKEFLAGS says make -n).
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Write one tab-separated row per finished job to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
+
+    /// Print a summary on stderr at exit.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Print the jobserver jsrun would use, and exit.
+    #[arg(long)]
+    pub info: bool,
+
+    /// The command and its arguments, then `::: VALUE...` or `:::: FILE`.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputSync {
+    /// Children write straight to jsrun's stdout and stderr.
+    #[default]
+    None,
+    /// Whole lines only: lines of different jobs never mix.
+    Line,
+    /// A job's output in one piece when it ends.
+    Job,
+}
+
+/// Where job values come from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The single-command form: one job.
+    None,
+    /// `::: VALUE...`
+    Values(Vec<OsString>),
+    /// `:::: FILE`; `-` is stdin.
+    File(PathBuf),
+    /// No COMMAND: command lines on stdin.
+    StdinCommands,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    /// `-j`, with 0 already turned into the number of CPUs.
+    pub jobs: Option<usize>,
+    pub load_average: Option<f64>,
+    pub keep_going: bool,
+    pub jobserver_style: Option<Style>,
+    pub jobserver: Option<Auth>,
+    pub output_sync: OutputSync,
+    pub tag: bool,
+    pub verbose: bool,
+    pub dry_run: bool,
+    pub joblog: Option<PathBuf>,
+    pub stats: bool,
+    pub info: bool,
+    pub command: Vec<OsString>,
+    pub input: Input,
+}
+
+/// Parses jsrun's arguments; on a usage error prints it and returns the status to exit with.
+pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status> {
+    let cli = Cli::try_parse_from(args).map_err(|e| {
+        let _ = e.print();
+        if !e.use_stderr() {
+            return Status::SUCCESS;
+        }
+        if e.kind() == clap::error::ErrorKind::ValueValidation && e.to_string().contains("--jobs") {
+            eprintln!("tip: -j takes a number; for all CPUs before a command write: -j -- COMMAND");
+        }
+        Status::USAGE
+    })?;
+    Config::try_from(cli).map_err(|message| {
+        let mut cmd = Cli::command();
+        let _ = cmd
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .print();
+        Status::USAGE
+    })
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = String;
+
+    fn try_from(cli: Cli) -> Result<Config, String> {
+        let (command, input) = split_input(cli.command)?;
+        if input == Input::StdinCommands && std::io::stdin().is_terminal() && !cli.info {
+            return Err("no COMMAND given, and stdin is a terminal: give a command \
+                 (jsrun [OPTIONS] COMMAND ...) or pipe command lines into jsrun"
+                .into());
+        }
+        let jobserver = match cli.jobserver {
+            Some(text) => match Auth::parse(&text) {
+                auth @ (Auth::Fifo(_) | Auth::Pipe { .. }) => Some(auth),
+                _ => {
+                    return Err(format!(
+                        "invalid --jobserver '{text}': use fifo:PATH or R,W (two fds)"
+                    ));
+                }
+            },
+            None => None,
+        };
+        if let Some(load) = cli.load_average {
+            if load.is_nan() || load <= 0.0 {
+                return Err(format!(
+                    "invalid --load-average '{load}': give a positive number"
+                ));
+            }
+        }
+        let jobs = cli.jobs.map(|n| match n {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        });
+        let output_sync = match cli.output_sync {
+            Some(mode) => mode,
+            None if cli.tag => OutputSync::Line,
+            None => OutputSync::None,
+        };
+        Ok(Config {
+            jobs,
+            load_average: cli.load_average,
+            keep_going: cli.keep_going,
+            jobserver_style: cli.jobserver_style,
+            jobserver,
+            output_sync,
+            tag: cli.tag,
+            verbose: cli.verbose,
+            dry_run: cli.dry_run,
+            joblog: cli.joblog,
+            stats: cli.stats,
+            info: cli.info,
+            command,
+            input,
+        })
+    }
+}
+
+/// Splits `COMMAND ARG... ::: VALUE...` / `:::: FILE` into the command and its input.
+fn split_input(mut words: Vec<OsString>) -> Result<(Vec<OsString>, Input), String> {
+    let Some(at) = words.iter().position(|w| w == ":::" || w == "::::") else {
+        let input = if words.is_empty() {
+            Input::StdinCommands
+        } else {
+            Input::None
+        };
+        return Ok((words, input));
+    };
+    let mut rest = words.split_off(at);
+    let marker = rest.remove(0);
+    if rest.iter().any(|w| w == ":::" || w == "::::") {
+        return Err("only one input source (::: or ::::) is supported".into());
+    }
+    let input = if marker == ":::" {
+        if rest.is_empty() {
+            return Err("::: needs at least one value after it".into());
+        }
+        Input::Values(rest)
+    } else {
+        match <[OsString; 1]>::try_from(rest) {
+            Ok([file]) => Input::File(file.into()),
+            Err(_) => return Err(":::: takes exactly one FILE ('-' for stdin)".into()),
+        }
+    };
+    Ok((words, input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn input_forms() {
+        assert_eq!(
+            split_input(os(&["gzip", "{}", ":::", "a", "b"])).unwrap(),
+            (os(&["gzip", "{}"]), Input::Values(os(&["a", "b"])))
+        );
+        assert_eq!(
+            split_input(os(&["cat", "::::", "-"])).unwrap(),
+            (os(&["cat"]), Input::File("-".into()))
+        );
+        assert_eq!(
+            split_input(os(&["true"])).unwrap(),
+            (os(&["true"]), Input::None)
+        );
+        assert!(split_input(os(&["echo", ":::"])).is_err());
+        assert!(split_input(os(&["echo", ":::", "a", ":::", "b"])).is_err());
+        assert!(split_input(os(&["echo", "::::", "a", "b"])).is_err());
+    }
+
+    #[test]
+    fn options_parse() {
+        let config = parse(os(&["jsrun", "-j3", "-k", "-O", "echo", "x"])).unwrap();
+        assert_eq!(config.jobs, Some(3));
+        assert!(config.keep_going);
+        assert_eq!(config.output_sync, OutputSync::Job);
+        assert_eq!(config.command, os(&["echo", "x"]));
+        let config = parse(os(&["jsrun", "--output-sync=line", "--", "-weird"])).unwrap();
+        assert_eq!(config.output_sync, OutputSync::Line);
+        assert_eq!(config.command, os(&["-weird"]));
+        assert_eq!(
+            parse(os(&["jsrun", "-j", "abc", "x"])).unwrap_err(),
+            Status::USAGE
+        );
+        assert_eq!(
+            parse(os(&["jsrun", "--jobs=x", "y"])).unwrap_err(),
+            Status::USAGE
+        );
+        assert_eq!(
+            parse(os(&["jsrun", "-j", "--", "y"]))
+                .unwrap()
+                .jobs
+                .map(|n| n > 0),
+            Some(true)
+        );
+        assert_eq!(
+            parse(os(&["jsrun", "--bogus", "x"])).unwrap_err(),
+            Status::USAGE
+        );
+        assert_eq!(
+            parse(os(&["jsrun", "--jobserver=nonsense", "x"])).unwrap_err(),
+            Status::USAGE
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! jsrun: run commands in parallel within one GNU make jobserver budget.
+//!
+//! One module per concern: [`cli`] (arguments), [`makeflags`] (MAKEFLAGS strings),
+//! [`client`] and [`server`] (the jobserver), [`jobs`] (what to run), [`supervise`] (the
+//! poll loop), [`output`] and [`report`] (what the user sees), [`status`] and [`sys`].
+
+pub mod cli;
+pub mod client;
+pub mod jobs;
+pub mod makeflags;
+pub mod output;
+pub mod report;
+pub mod run;
+pub mod server;
+pub mod status;
+pub mod supervise;
+pub mod sys;
+
+pub use run::run;

@@ -1,0 +1,147 @@
+//! A jobserver of jsrun's own: a private fifo (or a pipe) holding N-1 tokens.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use tempfile::TempDir;
+
+use crate::client::Client;
+use crate::makeflags::{self, Auth};
+use crate::sys;
+
+/// The byte jsrun fills its pool with, as make does.
+const TOKEN: u8 = b'+';
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Style {
+    /// A named pipe in a private directory (make >= 4.4, ninja, Portage, cargo).
+    Fifo,
+    /// An inherited anonymous pipe (make <= 4.3).
+    Pipe,
+}
+
+pub struct Server {
+    slots: usize,
+    auth: Auth,
+    /// The private directory holding the fifo; removed (with the fifo) when dropped.
+    _dir: Option<TempDir>,
+    /// Both ends of the pipe, inheritable, open until jsrun exits.
+    _pipe: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Server {
+    /// Creates a pool for `slots` concurrent jobs: `slots - 1` tokens, since the first job
+    /// runs in jsrun's implicit slot. Returns jsrun's own connection to it too.
+    pub fn create(style: Style, slots: usize) -> Result<(Server, Client)> {
+        let (auth, dir, pipe) = match style {
+            Style::Fifo => {
+                // A fresh 0700 directory made atomically with a random name, so nobody can
+                // pre-create or swap the path; the fifo inside is 0600.
+                let dir = tempfile::Builder::new()
+                    .prefix("jsrun.")
+                    .permissions(std::fs::Permissions::from_mode(0o700))
+                    .tempdir_in(temp_base())
+                    .context("cannot create a directory for the jobserver fifo")?;
+                let path = dir.path().join("fifo");
+                nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR)
+                    .with_context(|| format!("cannot create fifo {}", path.display()))?;
+                (Auth::Fifo(path), Some(dir), None)
+            }
+            Style::Pipe => {
+                let (r, w) =
+                    nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+                // Every child gets the pipe at these numbers: jsrun cannot tell which of
+                // its children are jobserver clients.
+                sys::set_inheritable(r.as_fd())?;
+                sys::set_inheritable(w.as_fd())?;
+                let auth = Auth::Pipe {
+                    read: r.as_raw_fd(),
+                    write: w.as_raw_fd(),
+                };
+                (auth, None, Some((r, w)))
+            }
+        };
+        let client = Client::open(&auth).context("cannot open the jobserver jsrun created")?;
+        for _ in 1..slots {
+            client.release(TOKEN).context("cannot fill the jobserver")?;
+        }
+        let server = Server {
+            slots,
+            auth,
+            _dir: dir,
+            _pipe: pipe,
+        };
+        Ok((server, client))
+    }
+
+    /// The words children find in MAKEFLAGS: `-jN` and the jobserver, both spellings for a
+    /// pipe since make < 4.2 only knows `--jobserver-fds`.
+    pub fn makeflags_words(&self) -> String {
+        let n = self.slots;
+        match &self.auth {
+            Auth::Fifo(path) => {
+                let path = makeflags::escape(&path.to_string_lossy());
+                format!("-j{n} --jobserver-auth=fifo:{path}")
+            }
+            auth => format!("-j{n} --jobserver-fds={auth} --jobserver-auth={auth}"),
+        }
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// Counts the tokens left in the pool at the end: `Some(message)` when any are missing
+    /// or extra. Reads without waiting, so a straggler holding the fifo cannot stall jsrun.
+    pub fn count_tokens(&self, client: &Client) -> Option<String> {
+        let mut found = 0usize;
+        while let Ok(Some(_)) = client.try_acquire() {
+            found += 1;
+        }
+        let want = self.slots - 1;
+        let difference = match found.cmp(&want) {
+            std::cmp::Ordering::Equal => return None,
+            std::cmp::Ordering::Less => format!("{} missing", want - found),
+            std::cmp::Ordering::Greater => format!("{} extra", found - want),
+        };
+        Some(format!(
+            "jobserver tokens: {difference} at exit ({found} found, {want} expected); \
+             a job may have kept or added tokens"
+        ))
+    }
+}
+
+/// `TMPDIR` when it is absolute and blank-free, else `/tmp`: ninja and the jobserver crate
+/// split MAKEFLAGS on plain blanks and would truncate such a fifo path.
+fn temp_base() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|dir| {
+            dir.is_absolute()
+                && !dir
+                    .to_string_lossy()
+                    .contains(|c: char| c.is_whitespace() || c == '\\')
+        })
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Exports `server` to every child: MAKEFLAGS rewritten, and stale jobserver words in
+/// MFLAGS and CARGO_MAKEFLAGS replaced too (the jobserver crate reads the first of
+/// CARGO_MAKEFLAGS, MAKEFLAGS, MFLAGS that is set, even when it names no jobserver).
+pub fn export_env(words: &str) -> Vec<(&'static str, String)> {
+    let old = |name| std::env::var(name).ok();
+    let mut vars = vec![(
+        "MAKEFLAGS",
+        makeflags::rewrite(&old("MAKEFLAGS").unwrap_or_default(), words),
+    )];
+    for name in ["MFLAGS", "CARGO_MAKEFLAGS"] {
+        if let Some(value) = old(name) {
+            vars.push((name, makeflags::rewrite(&value, words)));
+        }
+    }
+    vars
+}

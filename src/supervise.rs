@@ -1,0 +1,478 @@
+//! The supervision loop: one `poll()` over the signalfd (child exits and SIGINT, SIGTERM,
+//! SIGHUP), the jobserver while a job waits for a token, the job source while it has no
+//! full line, and the output pipes of running jobs. Nothing sleeps and nothing spins.
+//!
+//! Slots: jsrun may run `implicit` jobs (1, or 0 under `--jobserver`) without a token and
+//! holds one token for every further running job. When any job ends and jsrun then holds
+//! more tokens than its running jobs need, it writes one back at once (as make does), so
+//! the pool never waits on jsrun; each byte written is a byte that was read.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::client::Client;
+use crate::jobs::source::{Next, Source};
+use crate::jobs::template::{Fill, Template};
+use crate::jobs::{self, Job};
+use crate::output::{Capture, Output};
+use crate::report::{Finished, Report};
+use crate::status::Status;
+use crate::sys::{self, Signals};
+
+/// Where slots come from.
+pub struct Pool {
+    pub client: Option<Client>,
+    /// Jobs jsrun may run without a token: 1 (its implicit slot), or 0 under `--jobserver`.
+    pub implicit: usize,
+}
+
+/// What to run and how.
+pub struct Plan {
+    pub template: Template,
+    pub source: Source,
+    /// At most this many jobs at once.
+    pub cap: usize,
+    pub keep_going: bool,
+    pub load_average: Option<f64>,
+    pub verbose: bool,
+    /// Command lines run through `/bin/sh -c`: show the line itself.
+    pub shell_lines: bool,
+}
+
+pub struct Outcome {
+    /// 0, or the status of the first job that failed.
+    pub status: Status,
+    /// The signal that interrupted jsrun, if one did.
+    pub interrupted: Option<Signal>,
+}
+
+struct Running {
+    pid: Pid,
+    job: Job,
+    slot: usize,
+    started: Instant,
+    started_at: SystemTime,
+    capture: Option<Capture>,
+}
+
+/// How often the load average is looked at again while it holds a job back.
+const LOAD_RECHECK: Duration = Duration::from_secs(1);
+
+struct Supervisor<'a> {
+    plan: Plan,
+    pool: &'a mut Pool,
+    report: &'a mut Report,
+    output: &'a mut Output,
+    running: Vec<Running>,
+    /// Tokens read and not yet written back, in the order they were read.
+    held: Vec<u8>,
+    /// The next job, rendered and resolved, waiting for a slot.
+    pending: Option<Job>,
+    /// Since when `pending` waits for a token.
+    waiting_since: Option<Instant>,
+    seq: u64,
+    source_done: bool,
+    /// Start no new job: after a failure without -k, or an interrupt.
+    halt: bool,
+    interrupted: Option<Signal>,
+    first_failure: Option<Status>,
+    /// Resolution of a program name that no job can change, done once.
+    resolved: Option<(OsString, Result<PathBuf, Status>)>,
+}
+
+pub fn run(
+    plan: Plan,
+    pool: &mut Pool,
+    signals: &Signals,
+    report: &mut Report,
+    output: &mut Output,
+) -> Result<Outcome> {
+    let mut sup = Supervisor {
+        plan,
+        pool,
+        report,
+        output,
+        running: Vec::new(),
+        held: Vec::new(),
+        pending: None,
+        waiting_since: None,
+        seq: 0,
+        source_done: false,
+        halt: false,
+        interrupted: None,
+        first_failure: None,
+        resolved: None,
+    };
+    let result = sup.run(signals);
+    // Whatever happened, give back every token still held.
+    sup.rebalance();
+    result?;
+    Ok(Outcome {
+        status: sup.first_failure.unwrap_or(Status::SUCCESS),
+        interrupted: sup.interrupted,
+    })
+}
+
+/// What the loop waits for besides signals.
+#[derive(Default)]
+struct Wants {
+    token: bool,
+    source: bool,
+    timeout: Option<Duration>,
+}
+
+impl Supervisor<'_> {
+    fn run(&mut self, signals: &Signals) -> Result<()> {
+        loop {
+            let wants = self.start_jobs()?;
+            if self.running.is_empty()
+                && (self.halt || (self.source_done && self.pending.is_none()))
+            {
+                return Ok(());
+            }
+            self.wait(signals, &wants)?;
+        }
+    }
+
+    /// Starts jobs while slots, jobs and the load allow; says what to wait for next.
+    fn start_jobs(&mut self) -> Result<Wants> {
+        let mut wants = Wants::default();
+        while !self.halt && self.running.len() < self.plan.cap {
+            if self.pending.is_none() {
+                match self.plan.source.next_job() {
+                    Next::Job(value) => {
+                        if let Some(job) = self.prepare(value) {
+                            self.pending = Some(job);
+                        }
+                        continue;
+                    }
+                    Next::Wait => {
+                        wants.source = true;
+                        break;
+                    }
+                    Next::Done => {
+                        self.source_done = true;
+                        break;
+                    }
+                }
+            }
+            if !self.running.is_empty() && self.load_too_high() {
+                wants.timeout = Some(LOAD_RECHECK);
+                break;
+            }
+            if !self.take_slot() {
+                wants.token = self.pool.client.is_some();
+                break;
+            }
+            let job = self.pending.take().expect("a pending job");
+            self.spawn(job);
+            self.rebalance();
+        }
+        Ok(wants)
+    }
+
+    /// Numbers the next job, renders its command and resolves its program. `None` when
+    /// it cannot run (reported and counted as failed) or is only printed.
+    fn prepare(&mut self, value: Option<Vec<u8>>) -> Option<Job> {
+        self.seq += 1;
+        let slot = (1..)
+            .find(|s| self.running.iter().all(|r| r.slot != *s))
+            .unwrap_or(1);
+        let fill = Fill {
+            value: value.as_deref(),
+            seq: self.seq,
+            slot,
+        };
+        let argv = self.plan.template.render(&fill);
+        let mut job = Job::new(self.seq, slot, argv, value, self.plan.shell_lines);
+        match self.resolve(&job.argv[0]) {
+            Ok(program) => {
+                job.program = program;
+                Some(job)
+            }
+            Err(status) => {
+                self.finish(&job, None, status, None);
+                None
+            }
+        }
+    }
+
+    /// Finds the program before any token is taken for it: 127 not found, 126 not
+    /// executable.
+    fn resolve(&mut self, name: &OsStr) -> Result<PathBuf, Status> {
+        if let Some((cached, result)) = &self.resolved {
+            if cached == name {
+                return result.clone();
+            }
+        }
+        let result = jobs::resolve(name);
+        if self.plan.template.constant_program().is_some() {
+            self.resolved = Some((name.to_owned(), result.clone()));
+        }
+        if let Err(status) = result {
+            let what = if status == Status::NOT_FOUND {
+                "command not found"
+            } else {
+                "command not executable"
+            };
+            eprintln!("jsrun: {what}: {}", name.to_string_lossy());
+        }
+        result
+    }
+
+    fn load_too_high(&self) -> bool {
+        let Some(limit) = self.plan.load_average else {
+            return false;
+        };
+        sys::load_average().is_ok_and(|load| load >= limit)
+    }
+
+    /// Makes sure a slot is free for one more job: the implicit slot, or a token read now.
+    fn take_slot(&mut self) -> bool {
+        if self.held.len() + self.pool.implicit > self.running.len() {
+            return true;
+        }
+        let Some(client) = &self.pool.client else {
+            return false;
+        };
+        match client.try_acquire() {
+            Ok(Some(token)) => {
+                self.held.push(token);
+                let waited = self
+                    .waiting_since
+                    .take()
+                    .map_or(Duration::ZERO, |t| t.elapsed());
+                self.report.token_acquired(waited);
+                true
+            }
+            Ok(None) => {
+                self.waiting_since.get_or_insert_with(Instant::now);
+                false
+            }
+            Err(e) => {
+                eprintln!(
+                    "jsrun: warning: jobserver {} failed ({e}); going on with the slots held",
+                    client.auth()
+                );
+                self.pool.client = None;
+                if self.pool.implicit == 0 && self.running.is_empty() && self.held.is_empty() {
+                    // No slot will ever come: nothing more can run.
+                    self.halt = true;
+                    self.first_failure.get_or_insert(Status::USAGE);
+                }
+                false
+            }
+        }
+    }
+
+    fn spawn(&mut self, job: Job) {
+        if self.plan.verbose {
+            eprintln!("jsrun: [{}] {}", job.slot, job.display);
+        }
+        let mut cmd = Command::new(&job.program);
+        cmd.arg0(&job.argv[0]).args(&job.argv[1..]);
+        if self.plan.source.reads_stdin() {
+            cmd.stdin(Stdio::null());
+        }
+        let capture = match self.output.prepare(&mut cmd, &job) {
+            Ok(capture) => capture,
+            Err(e) => {
+                eprintln!("jsrun: cannot capture the output of {}: {e:#}", job.display);
+                self.finish(&job, None, Status::NOT_EXECUTABLE, None);
+                return;
+            }
+        };
+        let started_at = SystemTime::now();
+        let started = Instant::now();
+        match cmd.spawn() {
+            Ok(child) => {
+                // Dropping `child` neither waits nor kills; the loop reaps by pid.
+                let pid = Pid::from_raw(child.id() as i32);
+                self.running.push(Running {
+                    pid,
+                    job,
+                    slot: 0,
+                    started,
+                    started_at,
+                    capture,
+                });
+                let running = self.running.last_mut().expect("just pushed");
+                running.slot = running.job.slot;
+                self.report.started(self.running.len());
+            }
+            Err(e) => {
+                let status = jobs::spawn_error_status(&e);
+                eprintln!("jsrun: cannot run {}: {e}", job.argv[0].to_string_lossy());
+                self.finish(&job, None, status, None);
+            }
+        }
+    }
+
+    /// Writes back every token the running jobs no longer need.
+    fn rebalance(&mut self) {
+        while self.held.len() + self.pool.implicit > self.running.len() {
+            let Some(token) = self.held.pop() else { break };
+            if let Some(client) = &self.pool.client {
+                if let Err(e) = client.release(token) {
+                    eprintln!("jsrun: warning: cannot give a token back to the jobserver: {e}");
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self, signals: &Signals, wants: &Wants) -> Result<()> {
+        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
+        let token_fd = match (&self.pool.client, wants.token) {
+            (Some(client), true) => Some(client.fd()),
+            _ => None,
+        };
+        let source_fd = match wants.source {
+            true => self.plan.source.fd(),
+            false => None,
+        };
+        for fd in [token_fd, source_fd].into_iter().flatten() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        let first_output = fds.len();
+        let output_fds: Vec<(usize, BorrowedFd<'_>)> = self
+            .running
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                r.capture
+                    .iter()
+                    .flat_map(move |c| c.pipes().map(move |p| (i, p.as_fd())))
+            })
+            .collect();
+        fds.extend(
+            output_fds
+                .iter()
+                .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
+        );
+        let timeout = match wants.timeout {
+            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll failed"),
+        }
+        let source_ready = source_fd.is_some()
+            && fds[1 + usize::from(token_fd.is_some())]
+                .revents()
+                .is_some_and(|r| !r.is_empty());
+        let ready_outputs: Vec<usize> = fds[first_output..]
+            .iter()
+            .zip(&output_fds)
+            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, (i, _))| *i)
+            .collect();
+        drop(fds);
+        for i in ready_outputs {
+            let running = &mut self.running[i];
+            if let Some(capture) = &mut running.capture {
+                self.output.drain(capture, &running.job);
+            }
+        }
+        if source_ready {
+            if let Err(e) = self.plan.source.fill() {
+                eprintln!("jsrun: cannot read the job list: {e}");
+                self.source_done = true;
+                self.first_failure.get_or_insert(Status::USAGE);
+            }
+        }
+        while let Some(sig) = signals.next()? {
+            match sig {
+                Signal::SIGCHLD => self.reap(),
+                sig => self.interrupt(sig),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps every child that has ended.
+    fn reap(&mut self) {
+        loop {
+            let wait = match nix::sys::wait::waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("jsrun: warning: waitpid failed: {e}");
+                    return;
+                }
+                Ok(wait) => wait,
+            };
+            let (Some(pid), Some(status)) = (wait.pid(), Status::of_job(wait)) else {
+                continue;
+            };
+            let Some(i) = self.running.iter().position(|r| r.pid == pid) else {
+                continue;
+            };
+            let mut done = self.running.swap_remove(i);
+            if let Some(capture) = done.capture.take() {
+                self.output.finish(capture, &done.job);
+            }
+            let signal = match wait {
+                WaitStatus::Signaled(_, sig, _) => Some(sig),
+                _ => None,
+            };
+            self.finish(
+                &done.job,
+                Some((done.started, done.started_at)),
+                status,
+                signal,
+            );
+            self.rebalance();
+        }
+    }
+
+    /// Books a job that ended, or never started (`times` is `None`).
+    fn finish(
+        &mut self,
+        job: &Job,
+        times: Option<(Instant, SystemTime)>,
+        status: Status,
+        signal: Option<Signal>,
+    ) {
+        let (runtime, started_at) = match times {
+            Some((started, at)) => (started.elapsed(), at),
+            None => (Duration::ZERO, SystemTime::now()),
+        };
+        self.report.finished(&Finished {
+            job,
+            started_at,
+            runtime,
+            status,
+            signal,
+        });
+        if !status.success() {
+            self.first_failure.get_or_insert(status);
+            if !self.plan.keep_going {
+                self.halt = true;
+                self.pending = None;
+            }
+        }
+    }
+
+    /// SIGINT, SIGTERM, SIGHUP: pass it on to every running job, start nothing new, and
+    /// let the loop wait for the jobs to end.
+    fn interrupt(&mut self, sig: Signal) {
+        self.interrupted = Some(sig);
+        self.halt = true;
+        self.pending = None;
+        for r in &self.running {
+            let _ = nix::sys::signal::kill(r.pid, sig);
+        }
+    }
+}

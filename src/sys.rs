@@ -1,0 +1,171 @@
+//! Every syscall-level trick jsrun needs, each with the reason it is done this way.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+
+/// `stat` of what inherited fd `n` refers to, through `/proc/self/fd/n`.
+///
+/// Path-based on purpose: it allocates no fd, so checking fd 4 can never be fooled by a
+/// file that checking fd 3 just opened (make 4.3 leaves both closed in non-`+` recipes,
+/// and the first file a client opens then becomes "fd 3").
+pub fn inherited_fd_stat(n: i32) -> io::Result<FileStat> {
+    Ok(nix::sys::stat::stat(format!("/proc/self/fd/{n}").as_str())?)
+}
+
+/// The `O_ACCMODE` bits of inherited fd `n`, from the `flags:` line of `/proc/self/fdinfo/n`.
+pub fn inherited_fd_access(n: i32) -> io::Result<OFlag> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}"))?;
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+        .ok_or_else(|| io::Error::other(format!("no flags in /proc/self/fdinfo/{n}")))?;
+    Ok(OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE)
+}
+
+pub fn is_fifo(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO
+}
+
+pub fn is_char_device(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
+}
+
+/// Opens a fresh, private, close-on-exec file description of inherited pipe fd `n`.
+///
+/// On Linux, opening `/proc/self/fd/n` of a pipe creates a new open file description of
+/// the same pipe (unlike `dup`), so O_NONBLOCK set here never reaches make or any other
+/// client sharing the inherited description.
+pub fn reopen_inherited(n: i32, access: OFlag) -> io::Result<OwnedFd> {
+    open(Path::new(&format!("/proc/self/fd/{n}")), access)
+}
+
+/// `open(path, flags | O_NONBLOCK | O_CLOEXEC)`.
+///
+/// O_NONBLOCK matters for fifos twice: the open itself never waits for a peer, and reads
+/// of an empty pool return EAGAIN instead of blocking the supervision loop.
+pub fn open(path: &Path, access: OFlag) -> io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(
+        path,
+        access | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Reads one byte from a non-blocking fd: `Ok(None)` when there is none right now.
+pub fn read_byte(fd: BorrowedFd<'_>) -> io::Result<Option<u8>> {
+    let mut buf = [0u8; 1];
+    loop {
+        return match nix::unistd::read(fd, &mut buf) {
+            Ok(1) => Ok(Some(buf[0])),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the jobserver has no writer left",
+            )),
+            Err(Errno::EAGAIN) => Ok(None),
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+pub fn write_byte(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    loop {
+        return match nix::unistd::write(fd, &[byte]) {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(io::Error::new(io::ErrorKind::WriteZero, "short write")),
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
+
+/// Bytes waiting in a pipe or fifo right now (`FIONREAD`), e.g. free tokens.
+pub fn bytes_available(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`, a live,
+    // properly aligned c_int; `fd` is a valid open descriptor for the whole call.
+    unsafe { fionread(fd.as_raw_fd(), &mut n) }?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Makes an fd of jsrun's own inheritable, so children find it at the advertised number.
+pub fn set_inheritable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    nix::fcntl::fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(())
+}
+
+/// The signals the supervision loop handles, as bytes on a signalfd instead of handlers.
+pub const HANDLED: [Signal; 4] = [
+    Signal::SIGCHLD,
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+];
+
+/// A signalfd for [`HANDLED`]. Creating it blocks those signals in jsrun; children start
+/// with an empty mask again (std's spawn resets it), so they see signals normally.
+pub struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    pub fn new() -> io::Result<Signals> {
+        let mut mask = SigSet::empty();
+        for sig in HANDLED {
+            mask.add(sig);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The next pending signal, if any.
+    pub fn next(&self) -> io::Result<Option<Signal>> {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => Ok(Signal::try_from(info.ssi_signo as i32).ok()),
+            Ok(None) | Err(Errno::EAGAIN) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Terminates jsrun by `sig`, so its parent sees a death by that signal.
+///
+/// The handled signals have their default action (jsrun installs no handler; it only
+/// blocks them), so raising one while blocked and then unblocking it ends the process.
+pub fn die_of(sig: Signal) -> ! {
+    // The Rust runtime ignores SIGPIPE; other signals keep their default action.
+    let _ = nix::sys::signal::raise(sig);
+    let mut mask = SigSet::empty();
+    mask.add(sig);
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None);
+    // Only reached for a signal whose default action is not to terminate.
+    std::process::exit(128 + sig as i32)
+}
+
+/// The 1-minute load average. `JSRUN_LOADAVG_FILE` names another file in `/proc/loadavg`
+/// format, which lets tests control the figure.
+pub fn load_average() -> io::Result<f64> {
+    let path = std::env::var_os("JSRUN_LOADAVG_FILE").unwrap_or_else(|| "/proc/loadavg".into());
+    let text = std::fs::read_to_string(&path)?;
+    text.split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| {
+            io::Error::other(format!("no load figure in {}", Path::new(&path).display()))
+        })
+}
