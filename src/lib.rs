@@ -12,6 +12,7 @@ pub mod output;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod spawn;
 pub mod status;
 pub mod supervise;
 pub mod sys;

@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
 
 use anyhow::Result;
 use nix::errno::Errno;
@@ -45,8 +44,9 @@ impl Output {
         }
     }
 
-    /// Points the command's stdout and stderr at fresh pipes, unless output is not grouped.
-    pub fn prepare(&mut self, cmd: &mut Command, _job: &Job) -> Result<Option<Capture>> {
+    /// Fresh pipes for a job's stdout and stderr, unless output is not grouped: the
+    /// capture for jsrun, and the write ends for the child.
+    pub fn prepare(&mut self) -> Result<Option<(Capture, [OwnedFd; 2])>> {
         if self.mode == OutputSync::None {
             return Ok(None);
         }
@@ -64,10 +64,10 @@ impl Output {
         };
         let (out, out_w) = stream(false)?;
         let (err, err_w) = stream(true)?;
-        cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
-        Ok(Some(Capture {
+        let capture = Capture {
             streams: [out, err],
-        }))
+        };
+        Ok(Some((capture, [out_w, err_w])))
     }
 
     /// Reads what the job has written so far; line mode prints its complete lines.

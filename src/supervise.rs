@@ -9,9 +9,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -27,6 +25,7 @@ use crate::jobs::template::{Fill, Template};
 use crate::jobs::{self, Job};
 use crate::output::{Capture, Output};
 use crate::report::{Finished, Report};
+use crate::spawn::{self, Spawner};
 use crate::status::Status;
 use crate::sys::{self, Signals};
 
@@ -60,7 +59,6 @@ pub struct Outcome {
 struct Running {
     pid: Pid,
     job: Job,
-    slot: usize,
     started: Instant,
     started_at: SystemTime,
     capture: Option<Capture>,
@@ -74,6 +72,7 @@ struct Supervisor<'a> {
     pool: &'a mut Pool,
     report: &'a mut Report,
     output: &'a mut Output,
+    spawner: Spawner,
     running: Vec<Running>,
     /// Tokens read and not yet written back, in the order they were read.
     held: Vec<u8>,
@@ -103,6 +102,7 @@ pub fn run(
         pool,
         report,
         output,
+        spawner: Spawner::new().context("cannot prepare to start jobs")?,
         running: Vec::new(),
         held: Vec::new(),
         pending: None,
@@ -187,7 +187,7 @@ impl Supervisor<'_> {
     fn prepare(&mut self, value: Option<Vec<u8>>) -> Option<Job> {
         self.seq += 1;
         let slot = (1..)
-            .find(|s| self.running.iter().all(|r| r.slot != *s))
+            .find(|s| self.running.iter().all(|r| r.job.slot != *s))
             .unwrap_or(1);
         let fill = Fill {
             value: value.as_deref(),
@@ -280,35 +280,34 @@ impl Supervisor<'_> {
         if self.plan.verbose {
             eprintln!("jsrun: [{}] {}", job.slot, job.display);
         }
-        let mut cmd = Command::new(&job.program);
-        cmd.arg0(&job.argv[0]).args(&job.argv[1..]);
-        if self.plan.source.reads_stdin() {
-            cmd.stdin(Stdio::null());
-        }
-        let capture = match self.output.prepare(&mut cmd, &job) {
-            Ok(capture) => capture,
+        let (capture, pipes) = match self.output.prepare() {
+            Ok(Some((capture, pipes))) => (Some(capture), Some(pipes)),
+            Ok(None) => (None, None),
             Err(e) => {
                 eprintln!("jsrun: cannot capture the output of {}: {e:#}", job.display);
                 self.finish(&job, None, Status::NOT_EXECUTABLE, None);
                 return;
             }
         };
+        let stdio = spawn::Stdio {
+            stdin_null: self.plan.source.reads_stdin(),
+            stdout: pipes.as_ref().map(|p| &p[0]),
+            stderr: pipes.as_ref().map(|p| &p[1]),
+        };
         let started_at = SystemTime::now();
         let started = Instant::now();
-        match cmd.spawn() {
-            Ok(child) => {
-                // Dropping `child` neither waits nor kills; the loop reaps by pid.
-                let pid = Pid::from_raw(child.id() as i32);
+        let result = self.spawner.spawn(&job.program, &job.argv, &stdio);
+        // The child has its own copies now; ours would keep the pipes from ever ending.
+        drop(pipes);
+        match result {
+            Ok(pid) => {
                 self.running.push(Running {
                     pid,
                     job,
-                    slot: 0,
                     started,
                     started_at,
                     capture,
                 });
-                let running = self.running.last_mut().expect("just pushed");
-                running.slot = running.job.slot;
                 self.report.started(self.running.len());
             }
             Err(e) => {

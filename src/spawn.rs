@@ -1,0 +1,94 @@
+//! Starting jobs with `posix_spawn` (glibc: one `clone(CLONE_VM|CLONE_VFORK)` and the
+//! `exec`, no copy of jsrun's memory), with the signal state a child expects.
+//!
+//! jsrun keeps SIGCHLD, SIGINT, SIGTERM and SIGHUP blocked (they arrive on a signalfd) and
+//! the Rust runtime ignores SIGPIPE; both a blocked mask and an ignored disposition
+//! survive `exec`, so every child gets an empty mask and SIGPIPE back at its default.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::Pid;
+
+/// Where a child's standard streams go; `None` keeps jsrun's own.
+#[derive(Default)]
+pub struct Stdio<'a> {
+    pub stdin_null: bool,
+    pub stdout: Option<&'a OwnedFd>,
+    pub stderr: Option<&'a OwnedFd>,
+}
+
+pub struct Spawner {
+    attr: PosixSpawnAttr,
+    /// The environment, captured once: it does not change while jobs run.
+    env: Vec<CString>,
+    dev_null: OwnedFd,
+}
+
+impl Spawner {
+    /// Call after jsrun's own environment changes (the jobserver export) are done.
+    pub fn new() -> io::Result<Spawner> {
+        let mut attr = PosixSpawnAttr::init()?;
+        attr.set_sigmask(&SigSet::empty())?;
+        let mut defaults = SigSet::empty();
+        defaults.add(Signal::SIGPIPE);
+        attr.set_sigdefault(&defaults)?;
+        attr.set_flags(
+            PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+        )?;
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut entry = k.into_encoded_bytes();
+                entry.push(b'=');
+                entry.extend_from_slice(v.as_encoded_bytes());
+                CString::new(entry).ok()
+            })
+            .collect();
+        let dev_null = crate::sys::open(Path::new("/dev/null"), OFlag::O_RDONLY)?;
+        Ok(Spawner {
+            attr,
+            env,
+            dev_null,
+        })
+    }
+
+    /// Starts `program` with `argv` (whose first word is shown as the process name).
+    pub fn spawn(
+        &self,
+        program: &Path,
+        argv: &[impl AsRef<OsStr>],
+        stdio: &Stdio<'_>,
+    ) -> io::Result<Pid> {
+        let argv = argv
+            .iter()
+            .map(|a| CString::new(a.as_ref().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an argument contains a NUL byte",
+                )
+            })?;
+        let mut actions = PosixSpawnFileActions::init()?;
+        // dup2 clears close-on-exec on the new descriptor; the originals, all
+        // close-on-exec, vanish at exec.
+        if stdio.stdin_null {
+            actions.add_dup2(self.dev_null.as_raw_fd(), 0)?;
+        }
+        if let Some(fd) = stdio.stdout {
+            actions.add_dup2(fd.as_raw_fd(), 1)?;
+        }
+        if let Some(fd) = stdio.stderr {
+            actions.add_dup2(fd.as_raw_fd(), 2)?;
+        }
+        Ok(nix::spawn::posix_spawn(
+            program, &actions, &self.attr, &argv, &self.env,
+        )?)
+    }
+}
