@@ -47,3 +47,10 @@ if [ ! -x "$tools/floor" ] || [ "$here/floor.c" -nt "$tools/floor" ]; then
     log "compiling floor"
     gcc -O2 -Wall -Wextra -o "$tools/floor" "$here/floor.c"
 fi
+
+# The peak-RSS helper: static, so that the memory it hands over to its child is small.
+if [ ! -x "$tools/maxrss" ] || [ "$here/maxrss.c" -nt "$tools/maxrss" ]; then
+    log "compiling maxrss"
+    gcc -O2 -Wall -Wextra -static -o "$tools/maxrss" "$here/maxrss.c" 2>/dev/null \
+        || gcc -O2 -Wall -Wextra -o "$tools/maxrss" "$here/maxrss.c"
+fi
