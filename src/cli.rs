@@ -316,3 +316,103 @@ mod tests {
         );
     }
 }
+
+/// Sections of the man page that clap does not know about, in roff.
+pub const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+One job: the job's exit status, or 128+S when signal S killed it.
+Several jobs: 0 when all succeeded, else the status of the first job that failed.
+.TP
+.B 125
+jsrun's own error: bad usage or options, or the jobserver could not be created.
+.TP
+.B 126
+The command is not executable.
+.TP
+.B 127
+The command was not found (reported before any token is taken).
+.PP
+When jsrun receives SIGINT, SIGTERM or SIGHUP it passes the signal on to its running
+jobs, gives back every token, removes its fifo and then dies of the same signal.
+.SH ENVIRONMENT
+.TP
+.B MAKEFLAGS
+Where make advertises its jobserver:
+.B \-\-jobserver\-auth=fifo:PATH
+(make 4.4 and later) or
+.B \-\-jobserver\-auth=R,W
+(an inherited pipe; older make also
+.BR \-\-jobserver\-fds=R,W ).
+The last such word wins; negative fds mean "no jobserver".
+An
+.B n
+among the single-letter flags (make \-n) makes jsrun print commands without running them.
+When jsrun serves a jobserver it rewrites MAKEFLAGS for its children: other flags kept,
+old \-j and jobserver words replaced by
+.BR "\-jN \-\-jobserver\-auth=..." .
+.TP
+.B CARGO_MAKEFLAGS, MFLAGS
+Read after MAKEFLAGS, in this order; the first variable naming a jobserver is used.
+Rewritten like MAKEFLAGS when jsrun serves a jobserver.
+.TP
+.B TMPDIR
+Where jsrun creates the private directory of its fifo (when it holds no blanks).
+.SH EXAMPLES
+.TP
+In a Makefile recipe (the + lets make pass its jobserver):
+.B +jsrun gzip {} ::: *.log
+.TP
+One budget of 16 slots for emerge and every build it starts:
+.B jsrun \-j16 emerge \-uDN @world
+.TP
+A jobserver for cargo or make, sized to the machine:
+.B jsrun \-j \-\- cargo build
+.TP
+Four at a time, output grouped per job, a job log:
+.B jsrun \-j4 \-O \-\-joblog jobs.tsv xz \-9 {} ::: *.tar
+.TP
+Command lines from a file, each run by /bin/sh \-c:
+.B jsrun \-j8 < commands.txt
+.TP
+Pre-acquire a token from a system jobserver and run emerge in it:
+.B jsrun \-\-jobserver=fifo:/dev/steve \-\- emerge \-uDN @world
+.TP
+What jobserver would jsrun use here?
+.B +jsrun \-\-info
+.SH "SEE ALSO"
+.BR make (1),
+.BR ninja (1),
+.BR parallel (1),
+.BR xargs (1)
+"#;
+
+#[cfg(test)]
+mod man_page {
+    use super::*;
+
+    /// The man page as the CLI definition renders it today.
+    fn render() -> String {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .expect("render the man page");
+        let mut page = String::from_utf8(out).expect("utf-8 man page");
+        page.push_str(MAN_EXTRA);
+        page
+    }
+
+    /// Fails when `man/jsrun.1` is out of date; `JSRUN_UPDATE_MAN=1 cargo test man_page`
+    /// rewrites it.
+    #[test]
+    fn man_page_matches_the_cli() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/jsrun.1");
+        let want = render();
+        if std::env::var_os("JSRUN_UPDATE_MAN").is_some() {
+            std::fs::write(&path, &want).expect("write man/jsrun.1");
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "man/jsrun.1 is out of date: run JSRUN_UPDATE_MAN=1 cargo test man_page"
+        );
+    }
+}
