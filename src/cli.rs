@@ -87,9 +87,23 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub joblog: Option<PathBuf>,
 
-    /// Print a summary on stderr at exit.
+    /// Print a summary on stderr at exit: jobs, failures, peak concurrency, tokens,
+    /// time spent waiting for tokens, slot utilisation.
     #[arg(long)]
     pub stats: bool,
+
+    /// Write a Chrome trace (JSON for Perfetto or chrome://tracing) to FILE: a row per
+    /// slot with a span per job, and the waits for tokens.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
+    /// Show a progress line on stderr while jobs run (only when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
+
+    /// Print a completion script for SHELL and exit.
+    #[arg(long, value_name = "SHELL", hide = true)]
+    pub completions: Option<clap_complete::Shell>,
 
     /// Print the jobserver jsrun would use, and exit.
     #[arg(long)]
@@ -138,6 +152,8 @@ pub struct Config {
     pub dry_run: bool,
     pub joblog: Option<PathBuf>,
     pub stats: bool,
+    pub trace: Option<PathBuf>,
+    pub progress: bool,
     pub info: bool,
     pub command: Vec<OsString>,
     pub input: Input,
@@ -155,6 +171,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status
         }
         Status::USAGE
     })?;
+    if let Some(shell) = cli.completions {
+        clap_complete::generate(shell, &mut Cli::command(), "jsrun", &mut std::io::stdout());
+        return Err(Status::SUCCESS);
+    }
     Config::try_from(cli).map_err(|message| {
         let mut cmd = Cli::command();
         let _ = cmd
@@ -169,7 +189,8 @@ impl TryFrom<Cli> for Config {
 
     fn try_from(cli: Cli) -> Result<Config, String> {
         let (command, input) = split_input(cli.command)?;
-        if input == Input::StdinCommands && std::io::stdin().is_terminal() && !cli.info {
+        let needs_no_command = cli.info || cli.completions.is_some();
+        if input == Input::StdinCommands && std::io::stdin().is_terminal() && !needs_no_command {
             return Err("no COMMAND given, and stdin is a terminal: give a command \
                  (jsrun [OPTIONS] COMMAND ...) or pipe command lines into jsrun"
                 .into());
@@ -213,6 +234,8 @@ impl TryFrom<Cli> for Config {
             dry_run: cli.dry_run,
             joblog: cli.joblog,
             stats: cli.stats,
+            trace: cli.trace,
+            progress: cli.progress,
             info: cli.info,
             command,
             input,

@@ -1,7 +1,8 @@
-//! `--joblog` and `--stats`: what happened, as rows per job and a summary at exit.
+//! What happened: `--joblog` rows, `--trace` spans, the `--progress` line and the
+//! `--stats` summary.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,12 +35,26 @@ pub struct Stats {
 
 pub struct Report {
     joblog: Option<BufWriter<File>>,
+    trace: Option<Trace>,
+    progress: Option<Progress>,
     stats: Stats,
     start: Instant,
 }
 
+/// Where reports go; `None` for the ones not asked for.
+#[derive(Default)]
+pub struct Sinks<'a> {
+    pub joblog: Option<&'a Path>,
+    pub trace: Option<&'a Path>,
+    /// `--progress`: shown only when stderr is a terminal.
+    pub progress: bool,
+    /// The number of jobs, when known in advance.
+    pub total: Option<usize>,
+}
+
 impl Report {
-    pub fn new(joblog: Option<&Path>) -> Result<Report> {
+    pub fn new(sinks: &Sinks<'_>) -> Result<Report> {
+        let joblog = sinks.joblog;
         let joblog = match joblog {
             Some(path) => {
                 let file = File::create(path)
@@ -54,24 +69,62 @@ impl Report {
             }
             None => None,
         };
+        let start = Instant::now();
+        let trace = match sinks.trace {
+            Some(path) => Some(Trace::create(path, start)?),
+            None => None,
+        };
+        let progress = (sinks.progress && std::io::stderr().is_terminal()).then_some(Progress {
+            total: sinks.total,
+            running: 0,
+        });
         Ok(Report {
             joblog,
+            trace,
+            progress,
             stats: Stats::default(),
-            start: Instant::now(),
+            start,
         })
     }
 
     pub fn started(&mut self, running: usize) {
         self.stats.peak = self.stats.peak.max(running);
+        if let Some(progress) = &mut self.progress {
+            progress.running = running;
+            progress.draw(&self.stats);
+        }
     }
 
-    pub fn token_acquired(&mut self, waited: Duration) {
+    /// A token was read after waiting since `since` (`None`: it was there at once).
+    pub fn token_acquired(&mut self, since: Option<Instant>) {
+        let waited = since.map_or(Duration::ZERO, |t| t.elapsed());
         self.stats.tokens += 1;
         self.stats.token_wait += waited;
         self.stats.longest_token_wait = self.stats.longest_token_wait.max(waited);
+        if let (Some(trace), Some(since)) = (&mut self.trace, since) {
+            trace.span("waiting for a token", 0, since, waited, "");
+        }
     }
 
-    pub fn finished(&mut self, done: &Finished<'_>) {
+    pub fn finished(&mut self, done: &Finished<'_>, running: usize) {
+        if let Some(trace) = &mut self.trace {
+            let started = Instant::now() - done.runtime;
+            let args = format!(
+                r#","args":{{"seq":{},"exit":{}}}"#,
+                done.job.seq,
+                done.status.code()
+            );
+            trace.span(
+                &done.job.display,
+                done.job.slot,
+                started,
+                done.runtime,
+                &args,
+            );
+        }
+        if let Some(progress) = &mut self.progress {
+            progress.running = running;
+        }
         self.stats.jobs += 1;
         self.stats.busy += done.runtime;
         if !done.status.success() {
@@ -105,6 +158,21 @@ impl Report {
                 self.joblog = None;
             }
         }
+        if let Some(progress) = &self.progress {
+            progress.draw(&self.stats);
+        }
+    }
+
+    /// Ends the trace file and the progress line.
+    pub fn close(&mut self) {
+        if let Some(trace) = self.trace.take() {
+            if let Err(e) = trace.close() {
+                eprintln!("jsrun: warning: cannot write the trace file: {e}");
+            }
+        }
+        if self.progress.take().is_some() {
+            eprint!("\r\x1b[K");
+        }
     }
 
     /// The `--stats` summary: one line on stderr.
@@ -129,5 +197,97 @@ impl Report {
             s.longest_token_wait.as_secs_f64(),
             utilisation,
         );
+    }
+}
+
+/// `--trace`: Chrome trace-event JSON (Perfetto, chrome://tracing), written as jobs end:
+/// one row per slot with a span per job, and a row of token waits.
+struct Trace {
+    out: BufWriter<File>,
+    start: Instant,
+    rows: Vec<usize>,
+}
+
+impl Trace {
+    fn create(path: &Path, start: Instant) -> Result<Trace> {
+        let file = File::create(path)
+            .with_context(|| format!("cannot create trace file {}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        out.write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n")?;
+        write!(
+            out,
+            r#"{{"name":"thread_name","ph":"M","pid":1,"tid":0,"args":{{"name":"token waits"}}}}"#
+        )?;
+        Ok(Trace {
+            out,
+            start,
+            rows: vec![0],
+        })
+    }
+
+    /// A complete event on row `tid`; `args` is empty or a `,"args":{...}` member.
+    fn span(&mut self, name: &str, tid: usize, from: Instant, length: Duration, args: &str) {
+        if !self.rows.contains(&tid) {
+            self.rows.push(tid);
+            let _ = write!(
+                self.out,
+                ",\n{{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":{tid},\
+                 \"args\":{{\"name\":\"slot {tid}\"}}}}"
+            );
+        }
+        let ts = from.saturating_duration_since(self.start).as_micros();
+        let _ = write!(
+            self.out,
+            ",\n{{\"name\":{},\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"ts\":{ts},\"dur\":{}{args}}}",
+            json_string(name),
+            length.as_micros(),
+        );
+    }
+
+    fn close(mut self) -> std::io::Result<()> {
+        self.out.write_all(b"\n]}\n")?;
+        self.out.flush()
+    }
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `--progress`: one line on a terminal, redrawn as jobs start and end.
+struct Progress {
+    total: Option<usize>,
+    running: usize,
+}
+
+impl Progress {
+    fn draw(&self, stats: &Stats) {
+        let total = self.total.map_or(String::new(), |t| format!("/{t}"));
+        eprint!(
+            "\r\x1b[Kjsrun: {}{total} done, {} failed, {} running",
+            stats.jobs, stats.failed, self.running
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string(r#"echo "a\b""#), r#""echo \"a\\b\"""#);
+        assert_eq!(json_string("tab\there"), r#""tab\u0009here""#);
     }
 }

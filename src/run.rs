@@ -14,7 +14,7 @@ use crate::jobs::template::{Fill, Template};
 use crate::jobs::{self, Job};
 use crate::makeflags::{Auth, MakeFlags};
 use crate::output::Output;
-use crate::report::Report;
+use crate::report::{Report, Sinks};
 use crate::server::{self, Server, Style};
 use crate::status::{self, Status};
 use crate::supervise::{self, Plan, Pool};
@@ -88,7 +88,17 @@ fn execute(config: Config) -> Result<Status> {
         (None, None) => serve_or_alone(&config, &template, &mut server)?,
     };
     let slots = cap.min(pool.client.as_ref().map_or(1, |_| usize::MAX));
-    let mut report = Report::new(config.joblog.as_deref())?;
+    let total = match &config.input {
+        Input::None => Some(1),
+        Input::Values(values) => Some(values.len()),
+        _ => None,
+    };
+    let mut report = Report::new(&Sinks {
+        joblog: config.joblog.as_deref(),
+        trace: config.trace.as_deref(),
+        progress: config.progress,
+        total,
+    })?;
     let mut output = Output::new(config.output_sync, config.tag);
     let plan = Plan {
         template,
@@ -107,6 +117,7 @@ fn execute(config: Config) -> Result<Status> {
     }
     // Removes the fifo and its directory.
     drop(server);
+    report.close();
     let outcome = outcome?;
     if config.stats {
         report.print_stats(if slots == usize::MAX { 0 } else { slots });

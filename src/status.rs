@@ -28,6 +28,14 @@ impl Status {
         }
     }
 
+    /// The number a shell would show: the code, or 128+S for a death by signal S.
+    pub fn code(self) -> i32 {
+        match self {
+            Status::Code(code) => code,
+            Status::Killed(sig) => 128 + sig as i32,
+        }
+    }
+
     pub fn success(self) -> bool {
         self == Status::SUCCESS
     }

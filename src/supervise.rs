@@ -249,11 +249,7 @@ impl Supervisor<'_> {
         match client.try_acquire() {
             Ok(Some(token)) => {
                 self.held.push(token);
-                let waited = self
-                    .waiting_since
-                    .take()
-                    .map_or(Duration::ZERO, |t| t.elapsed());
-                self.report.token_acquired(waited);
+                self.report.token_acquired(self.waiting_since.take());
                 true
             }
             Ok(None) => {
@@ -448,13 +444,14 @@ impl Supervisor<'_> {
             Some((started, at)) => (started.elapsed(), at),
             None => (Duration::ZERO, SystemTime::now()),
         };
-        self.report.finished(&Finished {
+        let done = Finished {
             job,
             started_at,
             runtime,
             status,
             signal,
-        });
+        };
+        self.report.finished(&done, self.running.len());
         if !status.success() {
             self.first_failure.get_or_insert(status);
             if !self.plan.keep_going {
