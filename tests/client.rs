@@ -1,0 +1,249 @@
+//! jsrun as a client of a jobserver the test owns (fifo or pipe): how many
+//! jobs run at once, and that the pool gets back exactly what it lent.
+
+mod util;
+
+use std::time::Duration;
+
+use util::{FifoJobserver, PipeJobserver, Sandbox, Seen, sorted, values};
+
+/// `jsrun [ARGS] probe --id {} (barrier of `want`, 300 ms) ::: 1..n`.
+fn probe_run(sandbox: &Sandbox, jsrun_args: &[&str], want: usize, n: usize) -> util::Cmd {
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier(&sandbox.join("barrier"), want)
+        .sleep_ms(300);
+    sandbox
+        .jsrun()
+        .args(jsrun_args)
+        .args(probe.words())
+        .arg(":::")
+        .args(values(n))
+}
+
+#[test]
+fn fifo_pool_of_three_tokens_runs_four_jobs_at_once() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"abc");
+    let output = probe_run(&sandbox, &[], 4, 8).fifo_jobserver(&pool).run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(8), "{}", log.dump());
+    assert_eq!(log.peak(), 4, "{}\n{}", log.dump(), output.report());
+    assert_eq!(
+        sorted(&pool.drain()),
+        b"abc",
+        "the bytes lent must come back"
+    );
+}
+
+#[test]
+fn pipe_pool_of_three_tokens_runs_four_jobs_at_once() {
+    let sandbox = Sandbox::new();
+    let pool = PipeJobserver::new(b"xyz");
+    let output = probe_run(&sandbox, &[], 4, 8).pipe_jobserver(&pool).run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(8), "{}", log.dump());
+    assert_eq!(log.peak(), 4, "{}\n{}", log.dump(), output.report());
+    assert_eq!(
+        sorted(&pool.drain()),
+        b"xyz",
+        "the bytes lent must come back"
+    );
+}
+
+/// The legacy spelling `--jobserver-fds=R,W` (make < 4.2, jobserver-rs).
+#[test]
+fn legacy_jobserver_fds_is_understood() {
+    let sandbox = Sandbox::new();
+    let pool = PipeJobserver::new(b"||");
+    let [r, w] = pool.fds();
+    let output = probe_run(&sandbox, &[], 3, 6)
+        .inherit_fds(&[r, w])
+        .env("MAKEFLAGS", format!("-j --jobserver-fds={r},{w}"))
+        .run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+    assert_eq!(pool.drain(), b"||");
+}
+
+/// Under a jobserver, -jN caps jsrun's own concurrency.
+#[test]
+fn jobs_option_caps_concurrency_under_a_jobserver() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"abcdef");
+    let output = probe_run(&sandbox, &["-j2"], 2, 6)
+        .fifo_jobserver(&pool)
+        .run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.peak(), 2, "{}\n{}", log.dump(), output.report());
+    assert_eq!(sorted(&pool.drain()), b"abcdef");
+}
+
+/// The last jobserver option in MAKEFLAGS wins.
+#[test]
+fn last_jobserver_auth_wins() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"ab");
+    let makeflags = format!(
+        " -j3 --jobserver-auth=fifo:{}/missing --jobserver-auth=fifo:{}",
+        sandbox.path().display(),
+        pool.path().display()
+    );
+    let output = probe_run(&sandbox, &[], 3, 6)
+        .env("MAKEFLAGS", makeflags)
+        .run();
+    output.success().stderr_lacks("unavailable");
+    let log = sandbox.log();
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+    assert_eq!(sorted(&pool.drain()), b"ab");
+}
+
+/// Children get MAKEFLAGS (and the pipe fds) exactly as jsrun got them.
+#[test]
+fn children_get_makeflags_unchanged() {
+    let sandbox = Sandbox::new();
+    let pool = PipeJobserver::new(b"++");
+    let [r, w] = pool.fds();
+    let makeflags = format!("ks -j3 --jobserver-auth={r},{w} -- FOO=bar\\ baz");
+    let probe = sandbox.probe().env_out(&sandbox.join("seen"));
+    let output = sandbox
+        .jsrun()
+        .args(probe.words())
+        .inherit_fds(&[r, w])
+        .env("MAKEFLAGS", &makeflags)
+        .run();
+    output.success();
+    let seen = Seen::read(&sandbox.join("seen"));
+    assert_eq!(seen.var("MAKEFLAGS").as_deref(), Some(makeflags.as_str()));
+    let open: Vec<i32> = seen.fds().iter().map(|(fd, _, _)| *fd).collect();
+    assert!(open.contains(&r) && open.contains(&w), "{}", seen.text);
+    assert_eq!(pool.drain(), b"++");
+}
+
+/// A fifo path that cannot be opened: warning, one job at a time.
+#[test]
+fn unopenable_fifo_warns_and_runs_serially() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("{}").sleep_ms(150);
+    let output = sandbox
+        .jsrun()
+        .env(
+            "MAKEFLAGS",
+            format!(" -j4 --jobserver-auth=fifo:{}", sandbox.str("no-such-fifo")),
+        )
+        .args(probe.words())
+        .arg(":::")
+        .args(values(3))
+        .run();
+    output.success().stderr_contains("jobserver unavailable");
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(3), "{}", log.dump());
+    assert_eq!(log.peak(), 1, "{}", log.dump());
+}
+
+/// Pipe fds that are not two ends of one pipe: warning, one at a time, and
+/// neither pipe is touched.
+#[test]
+fn fds_of_two_different_pipes_warn_and_run_serially() {
+    let sandbox = Sandbox::new();
+    let first = PipeJobserver::new(b"12");
+    let second = PipeJobserver::new(b"34");
+    let r = first.fds()[0];
+    let w = second.fds()[1];
+    let probe = sandbox.probe().id("{}").sleep_ms(150);
+    let output = sandbox
+        .jsrun()
+        .inherit_fds(&[r, w])
+        .env("MAKEFLAGS", format!(" -j3 --jobserver-auth={r},{w}"))
+        .args(probe.words())
+        .arg(":::")
+        .args(values(3))
+        .run();
+    output.success().stderr_contains("jobserver unavailable");
+    let log = sandbox.log();
+    assert_eq!(log.peak(), 1, "{}", log.dump());
+    assert_eq!(first.drain(), b"12");
+    assert_eq!(second.drain(), b"34");
+}
+
+/// Pipe fds that are not open in jsrun (a make rule without `+`): warning,
+/// one at a time.
+#[test]
+fn closed_fds_warn_and_run_serially() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("{}").sleep_ms(150);
+    let output = sandbox
+        .jsrun()
+        .env("MAKEFLAGS", " -j4 --jobserver-auth=57,58")
+        .args(probe.words())
+        .arg(":::")
+        .args(values(3))
+        .run();
+    output.success().stderr_contains("jobserver unavailable");
+    assert_eq!(sandbox.log().peak(), 1, "{}", sandbox.log().dump());
+}
+
+/// `--jobserver=AUTH` takes no implicit slot: with 2 tokens, 2 jobs at once.
+#[test]
+fn jobserver_option_has_no_implicit_slot() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"st");
+    let auth = format!("--jobserver=fifo:{}", pool.path().display());
+    let output = probe_run(&sandbox, &[&auth], 2, 5).run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(5), "{}", log.dump());
+    assert_eq!(log.peak(), 2, "{}\n{}", log.dump(), output.report());
+    assert_eq!(sorted(&pool.drain()), b"st");
+}
+
+/// `--jobserver=AUTH` with an empty pool: the first job waits for a token.
+#[test]
+fn jobserver_option_waits_for_a_token_before_the_first_job() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"");
+    let auth = format!("--jobserver=fifo:{}", pool.path().display());
+    let mut running = sandbox
+        .jsrun()
+        .arg(&auth)
+        .args(sandbox.probe().id("only").words())
+        .spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sandbox.log().text(), "", "started without a token");
+    pool.put(b"q");
+    running.wait_until("the job to run", || !sandbox.log().finished().is_empty());
+    running.wait().success();
+    assert_eq!(pool.drain(), b"q");
+}
+
+/// Waiting for a token or a child costs no CPU: with an empty pool, jsrun
+/// runs job 1 (1.5 s) in its implicit slot while job 2 waits for a token
+/// that never comes, and uses almost no CPU meanwhile.
+#[test]
+fn waiting_costs_no_cpu() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"");
+    let probe = sandbox.probe().id("{}").sleep_ms(1500);
+    let mut running = sandbox
+        .jsrun()
+        .fifo_jobserver(&pool)
+        .args(probe.words())
+        .arg(":::")
+        .args(["1", "2"])
+        .spawn();
+    let log = sandbox.log();
+    running.wait_until("job 2 to start", || log.started().len() == 2);
+    let cpu = running.cpu_time();
+    running.wait().success();
+    assert_eq!(log.peak(), 1, "{}", log.dump());
+    assert!(
+        cpu < Duration::from_millis(100),
+        "jsrun used {cpu:?} of CPU in 1.5 s of waiting"
+    );
+    assert_eq!(pool.drain(), b"");
+}

@@ -1,0 +1,336 @@
+//! The parallel runner: replacement strings, value sources, output options.
+
+mod util;
+
+use std::collections::BTreeMap;
+
+use util::{Sandbox, values};
+
+#[test]
+fn replacement_strings() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args([
+            "-j1", "echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", "{%}",
+        ])
+        .args([":::", "dir.d/sub/file.tar.gz", "/abs/dir.d/noext"])
+        .run();
+    output.success();
+    assert_eq!(
+        output.stdout,
+        "dir.d/sub/file.tar.gz dir.d/sub/file.tar file.tar.gz dir.d/sub file.tar 1 1\n\
+         /abs/dir.d/noext /abs/dir.d/noext noext /abs/dir.d noext 2 1\n",
+        "{}",
+        output.report()
+    );
+}
+
+#[test]
+fn replacement_strings_inside_arguments() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-j1", "echo", "--in={}", "out/{/.}.o", "#{#}"])
+        .args([":::", "src/a.c", "src/b.c"])
+        .run();
+    output.success();
+    assert_eq!(
+        output.stdout,
+        "--in=src/a.c out/a.o #1\n--in=src/b.c out/b.o #2\n",
+        "{}",
+        output.report()
+    );
+}
+
+#[test]
+fn a_value_that_looks_like_a_replacement_string_is_not_expanded_again() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-j1", "echo", "<{}>", ":::", "{}", "{#}"])
+        .run();
+    output.success();
+    assert_eq!(output.stdout, "<{}>\n<{#}>\n", "{}", output.report());
+}
+
+#[test]
+fn value_is_appended_without_a_replacement_string() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-j1", "echo", "hello", ":::", "a b", "c"])
+        .run();
+    output.success();
+    assert_eq!(output.stdout, "hello a b\nhello c\n", "{}", output.report());
+}
+
+#[test]
+fn argv_form_runs_without_a_shell() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-j1", "echo", "$HOME", "*", ":::", "`x`", "a;b"])
+        .run();
+    output.success();
+    assert_eq!(
+        output.stdout,
+        "$HOME * `x`\n$HOME * a;b\n",
+        "{}",
+        output.report()
+    );
+}
+
+#[test]
+fn values_from_a_file() {
+    let sandbox = Sandbox::new();
+    sandbox.write("values.txt", "one\ntwo words\nthree\n");
+    let output = sandbox
+        .jsrun()
+        .args(["-j1", "echo", "v:{}", "::::", "values.txt"])
+        .run();
+    output.success();
+    assert_eq!(
+        output.stdout,
+        "v:one\nv:two words\nv:three\n",
+        "{}",
+        output.report()
+    );
+}
+
+#[test]
+fn values_from_stdin() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-j1", "echo", "v:{}", "::::", "-"])
+        .stdin("alpha\nbeta\n")
+        .run();
+    output.success();
+    assert_eq!(output.stdout, "v:alpha\nv:beta\n", "{}", output.report());
+}
+
+#[test]
+fn commands_from_stdin_run_through_the_shell() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .arg("-j1")
+        .stdin("echo one\necho two | tr a-z A-Z\nx=3; echo $x\n")
+        .run();
+    output.success();
+    assert_eq!(output.stdout, "one\nTWO\n3\n", "{}", output.report());
+}
+
+#[test]
+fn commands_from_stdin_run_in_parallel() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox
+        .probe()
+        .barrier(&sandbox.join("barrier"), 3)
+        .sleep_ms(200);
+    let lines: String = values(6)
+        .iter()
+        .map(|id| format!("{} --id {id}\n", probe.shell()))
+        .collect();
+    let output = sandbox.jsrun().arg("-j3").stdin(lines).run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(6), "{}", log.dump());
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+}
+
+#[test]
+fn a_failing_stdin_command_sets_the_status() {
+    let sandbox = Sandbox::new();
+    let output = sandbox.jsrun().arg("-j1").stdin("true\nexit 6\n").run();
+    output.code(6);
+}
+
+/// `{%}` is a slot number in 1..N, and no two running jobs share one;
+/// `{#}` numbers the jobs 1, 2, 3, … once each.
+#[test]
+fn slot_and_sequence_numbers() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox
+        .probe()
+        .id("{%}:{#}")
+        .barrier(&sandbox.join("barrier"), 3)
+        .sleep_ms(100);
+    let output = sandbox
+        .jsrun()
+        .arg("-j3")
+        .args(probe.words())
+        .arg(":::")
+        .args(values(9))
+        .run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.peak(), 3, "{}", log.dump());
+    let mut sequence = Vec::new();
+    let mut per_slot: BTreeMap<u32, Vec<util::Event>> = BTreeMap::new();
+    for event in log.events() {
+        let (slot, seq) = event.id.split_once(':').expect("slot:seq");
+        let slot: u32 = slot.parse().expect("numeric slot");
+        assert!(
+            (1..=3).contains(&slot),
+            "slot {slot} outside 1..3\n{}",
+            log.dump()
+        );
+        if event.start {
+            sequence.push(seq.parse::<u32>().expect("numeric sequence"));
+        }
+        per_slot.entry(slot).or_default().push(event);
+    }
+    sequence.sort_unstable();
+    assert_eq!(sequence, (1..=9).collect::<Vec<_>>(), "{}", log.dump());
+    for (slot, events) in per_slot {
+        assert!(
+            util::peak_of(&events) <= 1,
+            "two jobs ran in slot {slot} at once\n{}",
+            log.dump()
+        );
+    }
+}
+
+/// A lone job runs in the implicit slot, `{%}` = 1.
+#[test]
+fn single_job_runs_in_slot_one() {
+    let sandbox = Sandbox::new();
+    let output = sandbox.jsrun().args(["echo", "{%}"]).run();
+    output.success();
+    assert_eq!(output.stdout, "1\n", "{}", output.report());
+}
+
+#[test]
+fn dry_run_prints_and_runs_nothing() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("job-{}");
+    let output = sandbox
+        .jsrun()
+        .args(["-n", "-j2"])
+        .args(probe.words())
+        .args([":::", "1", "2"])
+        .run();
+    output.success();
+    assert!(output.stdout.contains("job-1"), "{}", output.report());
+    assert!(output.stdout.contains("job-2"), "{}", output.report());
+    assert_eq!(sandbox.log().text(), "", "nothing may run");
+}
+
+#[test]
+fn n_in_makeflags_means_dry_run() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("job-{}");
+    let output = sandbox
+        .jsrun()
+        .env("MAKEFLAGS", "n")
+        .arg("-j2")
+        .args(probe.words())
+        .args([":::", "1", "2"])
+        .run();
+    output.success();
+    assert!(output.stdout.contains("job-1"), "{}", output.report());
+    assert_eq!(sandbox.log().text(), "", "nothing may run");
+}
+
+#[test]
+fn verbose_prints_each_command_to_stderr() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-v", "-j1", "echo", "word-{}", ":::", "x", "y"])
+        .run();
+    output.success();
+    assert_eq!(output.stdout, "word-x\nword-y\n");
+    output.stderr_contains("word-x").stderr_contains("word-y");
+}
+
+#[test]
+fn tag_prefixes_every_line_with_the_value() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args([
+            "--tag",
+            "-j2",
+            "sh",
+            "-c",
+            "echo one; echo two",
+            "sh",
+            ":::",
+        ])
+        .args(["alpha", "beta"])
+        .run();
+    output.success();
+    let lines = output.sorted_lines();
+    assert_eq!(lines.len(), 4, "{}", output.report());
+    for line in &lines {
+        let tagged = ["alpha", "beta"]
+            .iter()
+            .any(|value| line.starts_with(value));
+        let body = line.ends_with("one") || line.ends_with("two");
+        assert!(tagged && body, "line {line:?}\n{}", output.report());
+    }
+}
+
+/// `-O` (job): each job's output comes out whole, even when the jobs print
+/// at the same time.
+#[test]
+fn output_sync_keeps_each_job_together() {
+    let sandbox = Sandbox::new();
+    let barrier = util::path_str(&sandbox.join("barrier"));
+    let script = format!(
+        "echo $1-1; {} --id $1 --barrier {barrier} --want 3 --deadline-ms 10000; echo $1-2",
+        util::shell_words(&[util::path_str(&util::probe_bin())])
+    );
+    let output = sandbox
+        .jsrun()
+        .args(["-O", "-j3", "sh", "-c", &script, "sh", ":::", "a", "b", "c"])
+        .run();
+    output.success();
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{}", output.report());
+    for pair in lines.chunks(2) {
+        let job = pair[0].strip_suffix("-1").expect("first line of a job");
+        assert_eq!(pair[1], format!("{job}-2"), "{}", output.report());
+    }
+}
+
+#[test]
+fn joblog_has_a_header_and_one_row_per_job() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args([
+            "-k", "-j2", "--joblog", "jobs.tsv", "sh", "-c", "exit $1", "sh",
+        ])
+        .args([":::", "0", "3"])
+        .run();
+    output.code(3);
+    let joblog = std::fs::read_to_string(sandbox.join("jobs.tsv")).expect("joblog");
+    let mut lines = joblog.lines();
+    let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
+    assert_eq!(
+        header,
+        [
+            "Seq",
+            "Slot",
+            "Starttime",
+            "JobRuntime",
+            "Exitval",
+            "Signal",
+            "Command"
+        ]
+    );
+    let mut rows: Vec<Vec<String>> = lines
+        .map(|line| line.split('\t').map(str::to_owned).collect())
+        .collect();
+    rows.sort();
+    assert_eq!(rows.len(), 2, "{joblog}");
+    assert_eq!(rows[0][0], "1", "{joblog}");
+    assert_eq!(rows[0][4], "0", "{joblog}");
+    assert_eq!(rows[1][0], "2", "{joblog}");
+    assert_eq!(rows[1][4], "3", "{joblog}");
+    assert!(rows.iter().all(|row| row[5] == "0"), "{joblog}");
+}

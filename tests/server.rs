@@ -1,0 +1,376 @@
+//! jsrun as a jobserver server (`jsrun -jN -- COMMAND` with no jobserver
+//! around): real make, ninja and the jobserver crate as its clients, and the
+//! fifo it creates.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use util::{Sandbox, Seen, jobserver_auth, make43, make44, makeflags_words, ninja, values};
+
+/// A Makefile whose 6 targets are probe jobs that wait for each other in
+/// threes. No `-j` is given to this make: it must take the pool from
+/// MAKEFLAGS (an explicit -jN would reset jobserver mode).
+fn six_probe_makefile(sandbox: &Sandbox) {
+    let ids = values(6);
+    let mut text = format!(".PHONY: all {0}\nall: {0}\n", ids.join(" "));
+    for id in &ids {
+        let probe = sandbox
+            .probe()
+            .id(id)
+            .barrier(&sandbox.join("barrier"), 3)
+            .sleep_ms(300);
+        text.push_str(&format!("{id}:\n\t{}\n", probe.shell()));
+    }
+    sandbox.write("Makefile", text);
+}
+
+#[track_caller]
+fn assert_three_at_once(sandbox: &Sandbox, output: &util::Output) {
+    output
+        .success()
+        .stderr_lacks("warning")
+        .stderr_lacks("INTERNAL");
+    let log = sandbox.log();
+    assert_eq!(
+        log.finished(),
+        values(6),
+        "{}\n{}",
+        log.dump(),
+        output.report()
+    );
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+}
+
+#[test]
+fn make44_runs_three_jobs_from_the_fifo_pool() {
+    let sandbox = Sandbox::new();
+    six_probe_makefile(&sandbox);
+    let output = sandbox.jsrun().args(["-j3", "--"]).arg(make44()).run();
+    assert_three_at_once(&sandbox, &output);
+}
+
+#[test]
+fn make44_runs_three_jobs_from_a_pipe_pool() {
+    let sandbox = Sandbox::new();
+    six_probe_makefile(&sandbox);
+    let output = sandbox
+        .jsrun()
+        .args(["-j3", "--jobserver-style=pipe", "--"])
+        .arg(make44())
+        .run();
+    assert_three_at_once(&sandbox, &output);
+}
+
+#[test]
+fn make43_runs_three_jobs_from_a_pipe_pool() {
+    let sandbox = Sandbox::new();
+    six_probe_makefile(&sandbox);
+    let output = sandbox
+        .jsrun()
+        .args(["-j3", "--jobserver-style=pipe", "--"])
+        .arg(make43())
+        .run();
+    assert_three_at_once(&sandbox, &output);
+}
+
+/// make 4.3 dies on a fifo MAKEFLAGS; jsrun sees it is make < 4.4 and
+/// serves a pipe without being told.
+#[test]
+fn make43_gets_a_pipe_pool_by_default() {
+    let sandbox = Sandbox::new();
+    six_probe_makefile(&sandbox);
+    let output = sandbox.jsrun().args(["-j3", "--"]).arg(make43()).run();
+    assert_three_at_once(&sandbox, &output);
+}
+
+/// ninja 1.13 reads the pool from MAKEFLAGS; without it ninja would run
+/// nproc+2 jobs at once.
+#[test]
+fn ninja_runs_three_jobs_from_the_fifo_pool() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox
+        .probe()
+        .barrier(&sandbox.join("barrier"), 3)
+        .sleep_ms(300);
+    let mut text = format!("rule probe\n  command = {} --id $id\n", probe.shell());
+    for id in values(6) {
+        text.push_str(&format!("build out{id}: probe\n  id = {id}\n"));
+    }
+    sandbox.write("build.ninja", text);
+    let output = sandbox.jsrun().args(["-j3", "--"]).arg(ninja()).run();
+    assert_three_at_once(&sandbox, &output);
+}
+
+/// The jobserver crate as client: its own slot plus exactly the 2 tokens.
+fn crate_client_takes_two_tokens(style: &[&str]) {
+    let sandbox = Sandbox::new();
+    let out = sandbox.join("client.out");
+    let output = sandbox
+        .jsrun()
+        .arg("-j3")
+        .args(style)
+        .arg("--")
+        .arg(util::example("crate_client"))
+        .args(["--jobs", "6", "--sleep-ms", "300", "--want", "3"])
+        .arg("--log")
+        .arg(sandbox.log().path())
+        .arg("--barrier")
+        .arg(sandbox.join("barrier"))
+        .arg("--out")
+        .arg(&out)
+        .run();
+    output.success().stderr_lacks("warning");
+    let log = sandbox.log();
+    assert_eq!(log.finished().len(), 6, "{}", log.dump());
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+    let report = fs::read_to_string(&out).expect("crate_client report");
+    assert!(
+        report.contains("tokens 2\n"),
+        "{report}\n{}",
+        output.report()
+    );
+}
+
+#[test]
+fn crate_client_takes_two_tokens_from_the_fifo_pool() {
+    crate_client_takes_two_tokens(&[]);
+}
+
+#[test]
+fn crate_client_takes_two_tokens_from_a_pipe_pool() {
+    crate_client_takes_two_tokens(&["--jobserver-style=pipe"]);
+}
+
+/// The fifo path a child was given, from its MAKEFLAGS.
+fn fifo_path(seen: &Seen) -> PathBuf {
+    let makeflags = seen.var("MAKEFLAGS").expect("child has MAKEFLAGS");
+    let auth = jobserver_auth(&makeflags).expect("child has --jobserver-auth");
+    PathBuf::from(
+        auth.strip_prefix("fifo:")
+            .unwrap_or_else(|| panic!("not a fifo: {makeflags:?}")),
+    )
+}
+
+/// Starts `jsrun -j3 -- probe` whose probe dumps what it sees, then waits at
+/// a barrier until the test adds the second marker.
+fn start_held_probe(sandbox: &Sandbox, jsrun_args: &[&str]) -> (util::Running, Seen) {
+    let probe = sandbox
+        .probe()
+        .id("held")
+        .env_out(&sandbox.join("seen"))
+        .barrier_deadline(&sandbox.join("barrier"), 2, 30_000);
+    let mut running = sandbox
+        .jsrun()
+        .args(jsrun_args)
+        .arg("--")
+        .args(probe.words())
+        .spawn();
+    let seen_path = sandbox.join("seen");
+    running.wait_until("the probe's environment dump", || seen_path.exists());
+    (running, Seen::read(&seen_path))
+}
+
+fn release_held_probe(sandbox: &Sandbox) {
+    fs::write(sandbox.join("barrier").join("test"), b"").expect("write marker");
+}
+
+#[track_caller]
+fn assert_private_fifo(fifo: &Path) {
+    let meta = fs::metadata(fifo).unwrap_or_else(|err| panic!("{}: {err}", fifo.display()));
+    assert!(
+        meta.file_type().is_fifo(),
+        "{} is not a fifo",
+        fifo.display()
+    );
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "mode of {}",
+        fifo.display()
+    );
+    let dir = fifo.parent().expect("fifo has a directory");
+    let meta = fs::metadata(dir).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "mode of {}",
+        dir.display()
+    );
+    let path = util::path_str(fifo);
+    assert!(!path.contains(char::is_whitespace), "blank in {path:?}");
+}
+
+#[test]
+fn fifo_is_private_advertised_and_removed_at_exit() {
+    let sandbox = Sandbox::new();
+    let (running, seen) = start_held_probe(&sandbox, &["-j3"]);
+    let makeflags = seen.var("MAKEFLAGS").unwrap();
+    let fifo = fifo_path(&seen);
+    assert!(
+        makeflags.ends_with(&format!(" -j3 --jobserver-auth=fifo:{}", fifo.display())),
+        "MAKEFLAGS={makeflags:?}"
+    );
+    assert_private_fifo(&fifo);
+    release_held_probe(&sandbox);
+    running.wait().success().stderr_lacks("warning");
+    assert!(!fifo.exists(), "{} left behind", fifo.display());
+    assert!(
+        !fifo.parent().unwrap().exists(),
+        "fifo directory left behind"
+    );
+}
+
+#[test]
+fn fifo_is_removed_when_jsrun_is_terminated() {
+    let sandbox = Sandbox::new();
+    let (running, seen) = start_held_probe(&sandbox, &["-j3"]);
+    let fifo = fifo_path(&seen);
+    assert_private_fifo(&fifo);
+    running.signal(libc::SIGTERM);
+    running.wait().killed_by(libc::SIGTERM);
+    assert!(!fifo.exists(), "{} left behind", fifo.display());
+    assert!(
+        !fifo.parent().unwrap().exists(),
+        "fifo directory left behind"
+    );
+}
+
+/// Fifo style: the child needs no descriptor of jsrun's, and gets none.
+#[test]
+fn fifo_pool_leaks_no_descriptor_into_children() {
+    let sandbox = Sandbox::new();
+    let (running, seen) = start_held_probe(&sandbox, &["-j3"]);
+    release_held_probe(&sandbox);
+    running.wait().success();
+    let fds: Vec<i32> = seen.fds().iter().map(|(fd, _, _)| *fd).collect();
+    assert_eq!(fds, [0, 1, 2], "{}", seen.text);
+}
+
+/// Pipe style: MAKEFLAGS names both spellings, and the two fds are open in
+/// the child, ends of one pipe, readable and writable.
+#[test]
+fn pipe_pool_is_inherited_and_advertised() {
+    let sandbox = Sandbox::new();
+    let (running, seen) = start_held_probe(&sandbox, &["-j3", "--jobserver-style=pipe"]);
+    release_held_probe(&sandbox);
+    running.wait().success().stderr_lacks("warning");
+    let makeflags = seen.var("MAKEFLAGS").unwrap();
+    let auth = jobserver_auth(&makeflags).expect("--jobserver-auth");
+    let (r, w) = auth.split_once(',').expect("R,W");
+    let words = makeflags_words(&makeflags);
+    assert!(words.contains(&"-j3".to_owned()), "MAKEFLAGS={makeflags:?}");
+    assert!(
+        words.contains(&format!("--jobserver-fds={r},{w}")),
+        "MAKEFLAGS={makeflags:?}"
+    );
+    let fds = seen.fds();
+    let find = |fd: &str| {
+        let fd: i32 = fd.parse().expect("numeric fd");
+        fds.iter()
+            .find(|(n, _, _)| *n == fd)
+            .unwrap_or_else(|| panic!("fd {fd} not open in the child\n{}", seen.text))
+            .clone()
+    };
+    let (_, read_target, read_flags) = find(r);
+    let (_, write_target, write_flags) = find(w);
+    assert!(read_target.starts_with("pipe:"), "{}", seen.text);
+    assert_eq!(read_target, write_target, "not one pipe\n{}", seen.text);
+    let access = |flags: &str| u32::from_str_radix(flags, 8).unwrap() & 3;
+    assert_ne!(access(&read_flags), libc::O_WRONLY as u32, "{}", seen.text);
+    assert_ne!(access(&write_flags), libc::O_RDONLY as u32, "{}", seen.text);
+}
+
+/// Letter flags of MAKEFLAGS survive; old -j and jobserver words, and stale
+/// jobserver settings in MFLAGS and CARGO_MAKEFLAGS, do not reach the child.
+#[test]
+fn children_get_a_clean_makeflags() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().env_out(&sandbox.join("seen"));
+    let output = sandbox
+        .jsrun()
+        .env("MAKEFLAGS", "k -j7")
+        .env("MFLAGS", "-k -j7 --jobserver-auth=fifo:/stale/mflags")
+        .env(
+            "CARGO_MAKEFLAGS",
+            "-j --jobserver-fds=61,62 --jobserver-auth=fifo:/stale/cargo",
+        )
+        .args(["-j3", "--"])
+        .args(probe.words())
+        .run();
+    output.success();
+    let seen = Seen::read(&sandbox.join("seen"));
+    let makeflags = seen.var("MAKEFLAGS").unwrap();
+    let words = makeflags_words(&makeflags);
+    assert!(
+        words
+            .first()
+            .is_some_and(|first| !first.starts_with('-') && first.contains('k')),
+        "MAKEFLAGS={makeflags:?}"
+    );
+    assert!(
+        !words.contains(&"-j7".to_owned()),
+        "MAKEFLAGS={makeflags:?}"
+    );
+    let fifo = fifo_path(&seen);
+    assert!(
+        makeflags.ends_with(&format!(" -j3 --jobserver-auth=fifo:{}", fifo.display())),
+        "MAKEFLAGS={makeflags:?}"
+    );
+    for name in ["MFLAGS", "CARGO_MAKEFLAGS"] {
+        if let Some(value) = seen.var(name) {
+            assert!(!value.contains("/stale/"), "{name}={value:?}");
+            assert!(!value.contains("61,62"), "{name}={value:?}");
+        }
+    }
+}
+
+/// A child that keeps a token (reads one and exits) or adds one: jsrun
+/// reports the mismatch at exit as a warning.
+fn token_mismatch_is_reported(script: &str) {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-j3", "--", "sh", "-c", script])
+        .run();
+    output.success();
+    assert!(
+        output.stderr.to_lowercase().contains("token"),
+        "expected a warning about tokens\n{}",
+        output.report()
+    );
+}
+
+const FIFO_OF_MAKEFLAGS: &str = r#"f=${MAKEFLAGS##*--jobserver-auth=fifo:}; f=${f%% *}"#;
+
+#[test]
+fn a_kept_token_is_reported() {
+    token_mismatch_is_reported(&format!(
+        "{FIFO_OF_MAKEFLAGS}; dd if=\"$f\" of=/dev/null bs=1 count=1 2>/dev/null"
+    ));
+}
+
+#[test]
+fn an_extra_token_is_reported() {
+    token_mismatch_is_reported(&format!("{FIFO_OF_MAKEFLAGS}; printf + >\"$f\""));
+}
+
+/// Tokens all back, no warning: a clean run says nothing about tokens.
+#[test]
+fn a_clean_run_reports_nothing() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("{}").sleep_ms(50);
+    let output = sandbox
+        .jsrun()
+        .arg("-j3")
+        .args(probe.words())
+        .arg(":::")
+        .args(values(6))
+        .run();
+    output.success();
+    assert_eq!(output.stderr, "", "{}", output.report());
+    assert_eq!(sandbox.log().finished(), values(6));
+}

@@ -1,0 +1,209 @@
+//! Signals: jsrun interrupted while jobs run forwards the signal, returns
+//! every token, removes its fifo and dies of the same signal; children start
+//! with a clean signal state.
+
+mod util;
+
+use std::fs;
+use std::path::PathBuf;
+
+use util::{FifoJobserver, Sandbox, Seen, sorted, values, wait_until};
+
+/// A process is gone once /proc forgets it or it is a zombie.
+fn gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Four jobs hold the fifo's three tokens and jsrun's implicit slot (they
+/// wait at a barrier that never fills); then jsrun gets `signal`.
+fn interrupted_client(signal: i32) {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"abc");
+    let barrier = sandbox.join("barrier");
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier_deadline(&barrier, 5, 20_000);
+    let mut running = sandbox
+        .jsrun()
+        .fifo_jobserver(&pool)
+        .args(probe.words())
+        .arg(":::")
+        .args(values(6))
+        .spawn();
+    running.wait_until("4 jobs to run", || {
+        fs::read_dir(&barrier).map(|it| it.count()).unwrap_or(0) == 4
+    });
+    running.signal(signal);
+    let output = running.wait();
+    output.killed_by(signal);
+    let log = sandbox.log();
+    let pids: Vec<u32> = log.events().iter().map(|event| event.pid).collect();
+    wait_until("the jobs to die", || pids.iter().all(|&pid| gone(pid)));
+    assert_eq!(
+        log.started().len(),
+        4,
+        "{}\n{}",
+        log.dump(),
+        output.report()
+    );
+    assert_eq!(
+        log.finished(),
+        Vec::<String>::new(),
+        "the jobs should have died of the forwarded signal\n{}",
+        log.dump()
+    );
+    assert_eq!(
+        sorted(&pool.drain()),
+        b"abc",
+        "every token must be back\n{}",
+        output.report()
+    );
+}
+
+#[test]
+fn sigint_returns_every_token() {
+    interrupted_client(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_returns_every_token() {
+    interrupted_client(libc::SIGTERM);
+}
+
+#[test]
+fn sighup_returns_every_token() {
+    interrupted_client(libc::SIGHUP);
+}
+
+/// As a server (`-j3`, three jobs running): the signal reaches the jobs,
+/// the fifo and its directory disappear, jsrun dies of the signal.
+fn interrupted_server(signal: i32) {
+    let sandbox = Sandbox::new();
+    let barrier = sandbox.join("barrier");
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .env_out(&sandbox.join("seen-{}"))
+        .barrier_deadline(&barrier, 4, 20_000);
+    let mut running = sandbox
+        .jsrun()
+        .arg("-j3")
+        .args(probe.words())
+        .arg(":::")
+        .args(values(3))
+        .spawn();
+    running.wait_until("3 jobs to run", || {
+        fs::read_dir(&barrier).map(|it| it.count()).unwrap_or(0) == 3
+    });
+    let seen = Seen::read(&sandbox.join("seen-1"));
+    let makeflags = seen.var("MAKEFLAGS").expect("MAKEFLAGS");
+    let fifo = PathBuf::from(
+        util::jobserver_auth(&makeflags)
+            .and_then(|auth| auth.strip_prefix("fifo:").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no fifo in {makeflags:?}")),
+    );
+    assert!(fifo.exists());
+    running.signal(signal);
+    let output = running.wait();
+    output.killed_by(signal);
+    assert!(!fifo.exists(), "{} left behind", fifo.display());
+    assert!(
+        !fifo.parent().unwrap().exists(),
+        "fifo directory left behind"
+    );
+    let log = sandbox.log();
+    let pids: Vec<u32> = log.events().iter().map(|event| event.pid).collect();
+    wait_until("the jobs to die", || pids.iter().all(|&pid| gone(pid)));
+    assert_eq!(log.finished(), Vec::<String>::new(), "{}", log.dump());
+}
+
+#[test]
+fn server_cleans_up_on_sigint() {
+    interrupted_server(libc::SIGINT);
+}
+
+#[test]
+fn server_cleans_up_on_sigterm() {
+    interrupted_server(libc::SIGTERM);
+}
+
+#[test]
+fn server_cleans_up_on_sighup() {
+    interrupted_server(libc::SIGHUP);
+}
+
+/// Children start with no blocked signal, whatever jsrun does with its own
+/// mask while it waits.
+fn children_start_unblocked(jsrun_args: &[&str]) {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("{}").env_out(&sandbox.join("seen-{}"));
+    sandbox
+        .jsrun()
+        .args(jsrun_args)
+        .args(probe.words())
+        .arg(":::")
+        .args(["1", "2"])
+        .run()
+        .success();
+    for id in ["1", "2"] {
+        let seen = Seen::read(&sandbox.join(format!("seen-{id}")));
+        assert_eq!(seen.mask("SigBlk"), 0, "job {id}:\n{}", seen.text);
+    }
+}
+
+#[test]
+fn children_start_with_no_blocked_signal() {
+    children_start_unblocked(&["-j2"]);
+}
+
+#[test]
+fn children_start_with_no_blocked_signal_under_a_jobserver() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"x");
+    let probe = sandbox.probe().id("{}").env_out(&sandbox.join("seen-{}"));
+    sandbox
+        .jsrun()
+        .fifo_jobserver(&pool)
+        .args(probe.words())
+        .arg(":::")
+        .args(["1", "2"])
+        .run()
+        .success();
+    for id in ["1", "2"] {
+        let seen = Seen::read(&sandbox.join(format!("seen-{id}")));
+        assert_eq!(seen.mask("SigBlk"), 0, "job {id}:\n{}", seen.text);
+    }
+    assert_eq!(pool.drain(), b"x");
+}
+
+/// Nor an ignored one: SIGPIPE, SIGINT and friends are at their defaults
+/// (a job must die of SIGPIPE when its reader goes away, as under make).
+/// Read by a shell, since a Rust program ignores SIGPIPE on its own.
+#[test]
+fn children_start_with_default_dispositions() {
+    let sandbox = Sandbox::new();
+    for jsrun_args in [&["-j1"][..], &["-j2", "--jobserver-style=pipe"]] {
+        let output = sandbox
+            .jsrun()
+            .args(jsrun_args)
+            .args(["sh", "-c", "grep ^SigIgn: /proc/$$/status", "sh"])
+            .run();
+        output.success();
+        let seen = Seen {
+            text: output.stdout.clone(),
+        };
+        // Signals 1 to 31; glibc keeps two real-time signals for itself.
+        assert_eq!(
+            seen.mask("SigIgn") & 0x7fff_ffff,
+            0,
+            "{jsrun_args:?}\n{}",
+            output.report()
+        );
+    }
+}
