@@ -110,3 +110,88 @@ fn open_pipe(read: i32, write: i32) -> Result<(OwnedFd, OwnedFd)> {
         private(write, OFlag::O_WRONLY)?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
+    }
+
+    fn error(auth: Auth) -> String {
+        format!("{:#}", Client::open(&auth).err().expect("an error"))
+    }
+
+    #[test]
+    fn a_pipe_is_validated_and_read_through_a_private_description() {
+        let (r, w) = pipe();
+        let auth = Auth::Pipe {
+            read: r.as_raw_fd(),
+            write: w.as_raw_fd(),
+        };
+        let client = Client::open(&auth).unwrap();
+        assert_eq!(
+            client.try_acquire().unwrap(),
+            None,
+            "empty pool, no blocking"
+        );
+        nix::unistd::write(&w, b"xy").unwrap();
+        assert_eq!(client.available().unwrap(), 2);
+        assert_eq!(client.try_acquire().unwrap(), Some(b'x'));
+        client.release(b'x').unwrap();
+        // The shared description stays blocking: only ours is non-blocking.
+        let flags = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flags & OFlag::O_NONBLOCK.bits(), 0);
+        let mut buf = [0u8; 2];
+        assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 2);
+        assert_eq!(&buf, b"yx");
+    }
+
+    #[test]
+    fn unusable_pipes_are_named() {
+        let (r1, w1) = pipe();
+        let (_r2, w2) = pipe();
+        let file = tempfile::tempfile().unwrap();
+        let closed = {
+            let (r, _w) = pipe();
+            r.as_raw_fd()
+        };
+        let cases = [
+            (r1.as_raw_fd(), w2.as_raw_fd(), "not the same pipe"),
+            (file.as_raw_fd(), w1.as_raw_fd(), "is not a pipe"),
+            (w1.as_raw_fd(), r1.as_raw_fd(), "is not open for reading"),
+        ];
+        for (read, write, want) in cases {
+            let got = error(Auth::Pipe { read, write });
+            assert!(got.contains(want), "{read},{write}: {got}");
+        }
+        let got = error(Auth::Pipe {
+            read: closed,
+            write: w1.as_raw_fd(),
+        });
+        // The number may have been reused by another test's fd meanwhile.
+        assert!(got.contains("closed") || got.contains("pipe"), "{got}");
+        assert!(error(Auth::Disabled).contains("disabled"));
+        assert!(error(Auth::Unknown("sem".into())).contains("unknown"));
+    }
+
+    #[test]
+    fn a_fifo_path_must_be_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(error(Auth::Fifo(file)).contains("is not a fifo"));
+        assert!(error(Auth::Fifo(dir.path().join("none"))).contains("cannot open"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // No other reader or writer: the open still does not block, and reads see EAGAIN.
+        let client = Client::open(&Auth::Fifo(fifo)).unwrap();
+        assert_eq!(client.try_acquire().unwrap(), None);
+        client.release(b'q').unwrap();
+        assert_eq!(client.try_acquire().unwrap(), Some(b'q'));
+        // steve's /dev/steve is a character device behind fifo:.
+        assert!(Client::open(&Auth::Fifo("/dev/null".into())).is_ok());
+    }
+}

@@ -145,3 +145,47 @@ pub fn export_env(words: &str) -> Vec<(&'static str, String)> {
     }
     vars
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    fn a_fifo_server_holds_n_minus_one_tokens_in_a_private_directory() {
+        let (server, client) = Server::create(Style::Fifo, 4).unwrap();
+        let Auth::Fifo(path) = server.auth().clone() else {
+            panic!("not a fifo: {}", server.auth())
+        };
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_fifo());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let dir = path.parent().unwrap();
+        assert_eq!(std::fs::metadata(dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(client.available().unwrap(), 3);
+        assert_eq!(
+            server.makeflags_words(),
+            format!("-j4 --jobserver-auth=fifo:{}", path.display())
+        );
+        assert_eq!(server.count_tokens(&client), None);
+        // Drained by the count: every token is now missing.
+        assert!(server.count_tokens(&client).unwrap().contains("3 missing"));
+        drop(server);
+        assert!(!path.exists() && !dir.exists());
+    }
+
+    #[test]
+    fn a_pipe_server_exports_both_spellings() {
+        let (server, client) = Server::create(Style::Pipe, 2).unwrap();
+        let Auth::Pipe { read, write } = *server.auth() else {
+            panic!("not a pipe")
+        };
+        assert_eq!(
+            server.makeflags_words(),
+            format!("-j2 --jobserver-fds={read},{write} --jobserver-auth={read},{write}")
+        );
+        client.release(b'+').unwrap();
+        let warning = server.count_tokens(&client).unwrap();
+        assert!(warning.contains("1 extra"), "{warning}");
+    }
+}

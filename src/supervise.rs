@@ -114,14 +114,19 @@ pub fn run(
         first_failure: None,
         resolved: None,
     };
-    let result = sup.run(signals);
-    // Whatever happened, give back every token still held.
-    sup.rebalance();
-    result?;
+    sup.run(signals)?;
     Ok(Outcome {
         status: sup.first_failure.unwrap_or(Status::SUCCESS),
         interrupted: sup.interrupted,
     })
+}
+
+impl Drop for Supervisor<'_> {
+    /// However the loop ends (an error, even a panic), every token still held goes back.
+    fn drop(&mut self) {
+        self.running.clear();
+        self.rebalance();
+    }
 }
 
 /// What the loop waits for besides signals.
