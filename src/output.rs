@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
-use anyhow::Result;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 
@@ -46,11 +45,11 @@ impl Output {
 
     /// Fresh pipes for a job's stdout and stderr, unless output is not grouped: the
     /// capture for jsrun, and the write ends for the child.
-    pub fn prepare(&mut self) -> Result<Option<(Capture, [OwnedFd; 2])>> {
+    pub fn prepare(&mut self) -> io::Result<Option<(Capture, [OwnedFd; 2])>> {
         if self.mode == OutputSync::None {
             return Ok(None);
         }
-        let stream = |is_stderr| -> Result<(Stream, OwnedFd)> {
+        let stream = |is_stderr| -> io::Result<(Stream, OwnedFd)> {
             let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
             // Our own end of a pipe of our own: non-blocking, so draining never waits.
             nix::fcntl::fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -184,8 +183,9 @@ fn write_tagged(sink: &mut dyn Write, data: &[u8], tag: bool, job: &Job) -> io::
     if !tag {
         return sink.write_all(data);
     }
+    let tag = job.tag();
     for line in data.split_inclusive(|&b| b == b'\n') {
-        sink.write_all(job.tag())?;
+        sink.write_all(&tag)?;
         sink.write_all(b"\t")?;
         sink.write_all(line)?;
     }

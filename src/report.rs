@@ -115,7 +115,7 @@ impl Report {
                 done.status.code()
             );
             trace.span(
-                &done.job.display,
+                &done.job.display(),
                 done.job.slot,
                 started,
                 done.runtime,
@@ -150,7 +150,7 @@ impl Report {
                 done.runtime.as_secs_f64(),
                 exitval,
                 done.signal.map_or(0, |s| s as i32),
-                done.job.display.replace(['\t', '\n'], " "),
+                done.job.display().replace(['\t', '\n'], " "),
             );
             // One row at a time on disk, so the log is useful while jobs still run.
             if row.and_then(|()| log.flush()).is_err() {

@@ -269,7 +269,7 @@ fn print_jobs(template: &Template, mut source: Source, shell_lines: bool) -> Res
                     slot: 1,
                 };
                 let job = Job::new(seq, 1, template.render(&fill), value, shell_lines);
-                println!("{}", job.display);
+                println!("{}", job.display());
             }
             // Nothing runs, so a blocking read is fine here.
             Next::Wait => source.fill().context("cannot read the job list")?,

@@ -8,6 +8,7 @@
 //! the pool never waits on jsrun; each byte written is a byte that was read.
 
 use std::ffi::{OsStr, OsString};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -86,6 +87,8 @@ struct Supervisor<'a> {
     halt: bool,
     interrupted: Option<Signal>,
     first_failure: Option<Status>,
+    /// A spawn failed for want of processes, fds or memory: wait for a job to end.
+    short_of_resources: bool,
     /// Resolution of a program name that no job can change, done once.
     resolved: Option<(OsString, Result<PathBuf, Status>)>,
 }
@@ -112,6 +115,7 @@ pub fn run(
         halt: false,
         interrupted: None,
         first_failure: None,
+        short_of_resources: false,
         resolved: None,
     };
     sup.run(signals)?;
@@ -153,7 +157,7 @@ impl Supervisor<'_> {
     /// Starts jobs while slots, jobs and the load allow; says what to wait for next.
     fn start_jobs(&mut self) -> Result<Wants> {
         let mut wants = Wants::default();
-        while !self.halt && self.running.len() < self.plan.cap {
+        while !self.halt && !self.short_of_resources && self.running.len() < self.plan.cap {
             if self.pending.is_none() {
                 match self.plan.source.next_job() {
                     Next::Job(value) => {
@@ -278,30 +282,11 @@ impl Supervisor<'_> {
     }
 
     fn spawn(&mut self, job: Job) {
-        if self.plan.verbose {
-            eprintln!("jsrun: [{}] {}", job.slot, job.display);
-        }
-        let (capture, pipes) = match self.output.prepare() {
-            Ok(Some((capture, pipes))) => (Some(capture), Some(pipes)),
-            Ok(None) => (None, None),
-            Err(e) => {
-                eprintln!("jsrun: cannot capture the output of {}: {e:#}", job.display);
-                self.finish(&job, None, Status::NOT_EXECUTABLE, None);
-                return;
-            }
-        };
-        let stdio = spawn::Stdio {
-            stdin_null: self.plan.source.reads_stdin(),
-            stdout: pipes.as_ref().map(|p| &p[0]),
-            stderr: pipes.as_ref().map(|p| &p[1]),
-        };
-        let started_at = SystemTime::now();
-        let started = Instant::now();
-        let result = self.spawner.spawn(&job.program, &job.argv, &stdio);
-        // The child has its own copies now; ours would keep the pipes from ever ending.
-        drop(pipes);
-        match result {
-            Ok(pid) => {
+        match self.try_spawn(&job) {
+            Ok((pid, capture, started, started_at)) => {
+                if self.plan.verbose {
+                    eprintln!("jsrun: [{}] {}", job.slot, job.display());
+                }
                 self.running.push(Running {
                     pid,
                     job,
@@ -311,12 +296,42 @@ impl Supervisor<'_> {
                 });
                 self.report.started(self.running.len());
             }
+            // Out of processes (RLIMIT_NPROC), fds or memory while other jobs run: try
+            // again when one of them has ended, rather than fail a job that could run.
+            Err(e) if is_shortage(&e) && !self.running.is_empty() => {
+                if !self.short_of_resources {
+                    eprintln!(
+                        "jsrun: warning: cannot start a job now ({e});                          waiting for a running job to end"
+                    );
+                }
+                self.short_of_resources = true;
+                self.pending = Some(job);
+            }
             Err(e) => {
                 let status = jobs::spawn_error_status(&e);
                 eprintln!("jsrun: cannot run {}: {e}", job.argv[0].to_string_lossy());
                 self.finish(&job, None, status, None);
             }
         }
+    }
+
+    /// Output pipes (when grouped) and the process.
+    fn try_spawn(&mut self, job: &Job) -> io::Result<(Pid, Option<Capture>, Instant, SystemTime)> {
+        let (capture, pipes) = match self.output.prepare()? {
+            Some((capture, pipes)) => (Some(capture), Some(pipes)),
+            None => (None, None),
+        };
+        let stdio = spawn::Stdio {
+            stdin_null: self.plan.source.reads_stdin(),
+            stdout: pipes.as_ref().map(|p| &p[0]),
+            stderr: pipes.as_ref().map(|p| &p[1]),
+        };
+        let started_at = SystemTime::now();
+        let started = Instant::now();
+        let pid = self.spawner.spawn(&job.program, &job.argv, &stdio)?;
+        // `pipes` ends here: the child has its own copies, and ours would keep the
+        // pipes from ever ending.
+        Ok((pid, capture, started, started_at))
     }
 
     /// Writes back every token the running jobs no longer need.
@@ -420,6 +435,7 @@ impl Supervisor<'_> {
                 continue;
             };
             let mut done = self.running.swap_remove(i);
+            self.short_of_resources = false;
             if let Some(capture) = done.capture.take() {
                 self.output.finish(capture, &done.job);
             }
@@ -476,4 +492,12 @@ impl Supervisor<'_> {
             let _ = nix::sys::signal::kill(r.pid, sig);
         }
     }
+}
+
+/// Errors that go away when a running job ends.
+fn is_shortage(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EAGAIN | Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM)
+    )
 }

@@ -21,8 +21,8 @@ pub struct Job {
     /// `argv[0]` resolved through PATH.
     pub program: PathBuf,
     pub value: Option<Vec<u8>>,
-    /// The command as a user would type it, for `-v`, `-n` and the job log.
-    pub display: String,
+    /// Run through `/bin/sh -c`: the value is the command line.
+    shell_line: bool,
 }
 
 impl Job {
@@ -33,23 +33,36 @@ impl Job {
         value: Option<Vec<u8>>,
         shell_line: bool,
     ) -> Job {
-        let display = match (&value, shell_line) {
-            (Some(line), true) => String::from_utf8_lossy(line).into_owned(),
-            _ => argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
-        };
         Job {
             seq,
             slot,
             argv,
             program: PathBuf::new(),
             value,
-            display,
+            shell_line,
+        }
+    }
+
+    /// The command as a user would type it, for `-v`, `-n`, the job log and the trace.
+    /// Made on demand: most runs never need it.
+    pub fn display(&self) -> String {
+        match (&self.value, self.shell_line) {
+            (Some(line), true) => String::from_utf8_lossy(line).into_owned(),
+            _ => self
+                .argv
+                .iter()
+                .map(|a| quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 
     /// What `--tag` puts before each line: the value, or the command when there is none.
-    pub fn tag(&self) -> &[u8] {
-        self.value.as_deref().unwrap_or(self.display.as_bytes())
+    pub fn tag(&self) -> Vec<u8> {
+        match &self.value {
+            Some(value) => value.clone(),
+            None => self.display().into_bytes(),
+        }
     }
 }
 
