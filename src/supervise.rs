@@ -89,6 +89,7 @@ struct Supervisor<'a> {
     first_failure: Option<Status>,
     /// A spawn failed for want of processes, fds or memory: wait for a job to end.
     short_of_resources: bool,
+    shortage_reported: bool,
     /// Resolution of a program name that no job can change, done once.
     resolved: Option<(OsString, Result<PathBuf, Status>)>,
 }
@@ -116,6 +117,7 @@ pub fn run(
         interrupted: None,
         first_failure: None,
         short_of_resources: false,
+        shortage_reported: false,
         resolved: None,
     };
     sup.run(signals)?;
@@ -299,9 +301,9 @@ impl Supervisor<'_> {
             // Out of processes (RLIMIT_NPROC), fds or memory while other jobs run: try
             // again when one of them has ended, rather than fail a job that could run.
             Err(e) if is_shortage(&e) && !self.running.is_empty() => {
-                if !self.short_of_resources {
+                if !std::mem::replace(&mut self.shortage_reported, true) {
                     eprintln!(
-                        "jsrun: warning: cannot start a job now ({e});                          waiting for a running job to end"
+                        "jsrun: warning: cannot start a job now ({e}); waiting for running jobs to end"
                     );
                 }
                 self.short_of_resources = true;
