@@ -221,29 +221,43 @@ fn jobserver_option_waits_for_a_token_before_the_first_job() {
     assert_eq!(pool.drain(), b"q");
 }
 
-/// Waiting for a token or a child costs no CPU: with an empty pool, jsrun
-/// runs job 1 (1.5 s) in its implicit slot while job 2 waits for a token
-/// that never comes, and uses almost no CPU meanwhile.
+/// Waiting for a token or a child costs no CPU and no wake-ups: with an
+/// empty pool, jsrun runs job 1 (2.5 s) in its implicit slot while job 2
+/// waits for a token that never comes. Over one second of that wait jsrun
+/// must not wake up (poll, no sleep loop), and its CPU time stays small.
 #[test]
 fn waiting_costs_no_cpu() {
     let sandbox = Sandbox::new();
     let pool = FifoJobserver::new(&sandbox, b"");
-    let probe = sandbox.probe().id("{}").sleep_ms(1500);
+    // Each job sleeps as many ms as its value.
+    let probe = sandbox.probe().id("{}").with("--sleep-ms", "{}");
     let mut running = sandbox
         .jsrun()
         .fifo_jobserver(&pool)
         .args(probe.words())
         .arg(":::")
-        .args(["1", "2"])
+        .args(["2500", "1"])
         .spawn();
     let log = sandbox.log();
+    running.wait_until("job 1 to start", || log.started().len() == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let switches_before = running.voluntary_switches();
+    std::thread::sleep(Duration::from_millis(1000));
+    let switches = running.voluntary_switches() - switches_before;
+    let still_waiting = log.started().len() == 1;
     running.wait_until("job 2 to start", || log.started().len() == 2);
     let cpu = running.cpu_time();
     running.wait().success();
     assert_eq!(log.peak(), 1, "{}", log.dump());
     assert!(
         cpu < Duration::from_millis(100),
-        "jsrun used {cpu:?} of CPU in 1.5 s of waiting"
+        "jsrun used {cpu:?} of CPU in 2.5 s of waiting"
     );
+    if still_waiting {
+        assert!(
+            switches <= 5,
+            "jsrun woke up {switches} times in 1 s while nothing happened"
+        );
+    }
     assert_eq!(pool.drain(), b"");
 }

@@ -409,6 +409,23 @@ impl Running {
         Duration::from_nanos(ticks * 1_000_000_000 / per_second)
     }
 
+    /// Voluntary context switches of all the command's threads so far:
+    /// each is one wake-up after blocking. A process waiting in poll() for
+    /// an event that does not come makes none; a sleep loop makes many.
+    pub fn voluntary_switches(&self) -> u64 {
+        let tasks = format!("/proc/{}/task", self.pid());
+        fs::read_dir(&tasks)
+            .unwrap_or_else(|err| panic!("list {tasks}: {err}"))
+            .filter_map(|task| {
+                let status = fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+                status.lines().find_map(|line| {
+                    line.strip_prefix("voluntary_ctxt_switches:")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+            })
+            .sum()
+    }
+
     /// Polls `condition` every few ms until it holds. Panics (with the
     /// command's output) at the deadline or if the command ends first.
     #[track_caller]
@@ -591,7 +608,8 @@ impl Probe {
         }
     }
 
-    fn with(mut self, option: &str, value: impl ToString) -> Probe {
+    /// Any probe option, e.g. `with("--sleep-ms", "{}")`.
+    pub fn with(mut self, option: &str, value: impl ToString) -> Probe {
         self.words.push(option.into());
         self.words.push(value.to_string());
         self
