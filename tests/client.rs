@@ -261,3 +261,76 @@ fn waiting_costs_no_cpu() {
     }
     assert_eq!(pool.drain(), b"");
 }
+
+/// jsrun never sets O_NONBLOCK on the pipe description it shares with make
+/// and the other clients (make 4.2.1 dies of EAGAIN if someone does): the
+/// test's own descriptor of that description stays blocking all along.
+#[test]
+fn shared_pipe_stays_blocking() {
+    let sandbox = Sandbox::new();
+    let pool = PipeJobserver::new(b"abc");
+    assert!(!pool.read_end_is_nonblocking());
+    let mut running = probe_run(&sandbox, &[], 4, 8).pipe_jobserver(&pool).spawn();
+    let log = sandbox.log();
+    let mut samples = 0;
+    running.wait_until("all jobs to finish", || {
+        samples += 1;
+        assert!(
+            !pool.read_end_is_nonblocking(),
+            "O_NONBLOCK set on the shared pipe\n{}",
+            log.dump()
+        );
+        log.finished().len() == 8
+    });
+    running.wait().success();
+    assert!(!pool.read_end_is_nonblocking());
+    assert!(samples > 10, "too few samples ({samples}) to tell");
+    assert_eq!(log.peak(), 4, "{}", log.dump());
+    assert_eq!(sorted(&pool.drain()), b"abc");
+}
+
+/// `--info` reports the jobserver (style, where, free tokens) and runs
+/// nothing, and takes nothing from the pool.
+#[test]
+fn info_describes_the_jobserver_and_takes_nothing() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"abc");
+    let output = sandbox
+        .jsrun()
+        .fifo_jobserver(&pool)
+        .args(["--info"])
+        .args(sandbox.probe().id("never").words())
+        .run();
+    output.success();
+    let path = util::path_str(pool.path());
+    assert!(output.stdout.contains("fifo"), "{}", output.report());
+    assert!(output.stdout.contains(&path), "{}", output.report());
+    assert!(
+        output.stdout.contains('3'),
+        "free tokens\n{}",
+        output.report()
+    );
+    assert_eq!(sandbox.log().text(), "", "--info runs nothing");
+    assert_eq!(sorted(&pool.drain()), b"abc");
+}
+
+/// `--stats`: the summary counts the jobs, the peak and the tokens taken.
+#[test]
+fn stats_summarize_the_run() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"abc");
+    let output = probe_run(&sandbox, &["--stats"], 4, 4)
+        .fifo_jobserver(&pool)
+        .run();
+    output.success();
+    assert_eq!(sandbox.log().peak(), 4, "{}", sandbox.log().dump());
+    let stderr = output.stderr.to_lowercase();
+    for text in ["4 jobs", "0 failed", "peak 4", "3 tokens"] {
+        assert!(
+            stderr.contains(text),
+            "{text:?} missing\n{}",
+            output.report()
+        );
+    }
+    assert_eq!(sorted(&pool.drain()), b"abc");
+}

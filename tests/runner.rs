@@ -334,3 +334,101 @@ fn joblog_has_a_header_and_one_row_per_job() {
     assert_eq!(rows[1][4], "3", "{joblog}");
     assert!(rows.iter().all(|row| row[5] == "0"), "{joblog}");
 }
+
+/// Values from stdin are streamed: the first job starts while stdin is still
+/// open, before the rest of the list exists.
+#[test]
+fn values_from_stdin_are_streamed() {
+    use std::io::Write;
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("{}");
+    let mut running = sandbox
+        .jsrun()
+        .arg("-j2")
+        .args(probe.words())
+        .args(["::::", "-"])
+        .stdin_pipe()
+        .spawn();
+    let mut stdin = running.take_stdin();
+    let log = sandbox.log();
+    stdin.write_all(b"first\n").unwrap();
+    running.wait_until("job 'first' to run while stdin is open", || {
+        log.finished() == ["first"]
+    });
+    stdin.write_all(b"second\n").unwrap();
+    running.wait_until("job 'second' to run while stdin is open", || {
+        log.finished().len() == 2
+    });
+    drop(stdin);
+    running.wait().success();
+    assert_eq!(log.finished(), ["first", "second"]);
+}
+
+/// Command lines from stdin are streamed the same way.
+#[test]
+fn commands_from_stdin_are_streamed() {
+    use std::io::Write;
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe();
+    let mut running = sandbox.jsrun().arg("-j2").stdin_pipe().spawn();
+    let mut stdin = running.take_stdin();
+    let log = sandbox.log();
+    writeln!(stdin, "{} --id one", probe.shell()).unwrap();
+    running.wait_until("the first command to run while stdin is open", || {
+        log.finished() == ["one"]
+    });
+    drop(stdin);
+    running.wait().success();
+}
+
+/// `-l`: while the load average is at or above LOAD, no further job starts
+/// (one always may). Only asserted when the machine's load is above the
+/// limit for the whole run, which it is on any machine that just compiled.
+#[test]
+fn load_limit_runs_one_job_at_a_time() {
+    let load = || -> f64 {
+        std::fs::read_to_string("/proc/loadavg")
+            .expect("/proc/loadavg")
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("{}").sleep_ms(150);
+    let before = load();
+    let output = sandbox
+        .jsrun()
+        .args(["-j3", "-l", "0.01"])
+        .args(probe.words())
+        .arg(":::")
+        .args(values(4))
+        .run();
+    let after = load();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(4), "{}", log.dump());
+    if before >= 0.01 && after >= 0.01 {
+        assert_eq!(log.peak(), 1, "load {before}..{after}\n{}", log.dump());
+    }
+}
+
+#[test]
+fn a_high_load_limit_does_not_hold_jobs_back() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier(&sandbox.join("barrier"), 3)
+        .sleep_ms(100);
+    let output = sandbox
+        .jsrun()
+        .args(["-j3", "--load-average=1000"])
+        .args(probe.words())
+        .arg(":::")
+        .args(values(6))
+        .run();
+    output.success();
+    assert_eq!(sandbox.log().peak(), 3, "{}", sandbox.log().dump());
+}

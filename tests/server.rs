@@ -383,3 +383,38 @@ fn a_clean_run_reports_nothing() {
     assert_eq!(output.stderr, "", "{}", output.report());
     assert_eq!(sandbox.log().finished(), values(6));
 }
+
+/// jsrun under jsrun: the inner one is a client of the outer one's pool.
+fn nested_jsrun(style: &[&str]) {
+    let sandbox = Sandbox::new();
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier(&sandbox.join("barrier"), 3)
+        .sleep_ms(300);
+    let output = sandbox
+        .jsrun()
+        .arg("-j3")
+        .args(style)
+        .arg("--")
+        .arg(util::jsrun_bin())
+        .args(probe.words())
+        .arg(":::")
+        .args(values(6))
+        .run();
+    output.success();
+    assert_eq!(output.stderr, "", "{}", output.report());
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(6), "{}", log.dump());
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+}
+
+#[test]
+fn jsrun_under_jsrun_shares_the_fifo_pool() {
+    nested_jsrun(&[]);
+}
+
+#[test]
+fn jsrun_under_jsrun_shares_a_pipe_pool() {
+    nested_jsrun(&["--jobserver-style=pipe"]);
+}

@@ -171,7 +171,7 @@ impl Sandbox {
         }
         Cmd {
             cmd,
-            stdin: None,
+            stdin: Input::Null,
             inherit: Vec::new(),
             files: self.join(format!(".cmd{n}")),
             deadline: DEADLINE,
@@ -184,11 +184,17 @@ impl Sandbox {
     }
 }
 
+enum Input {
+    Null,
+    Bytes(Vec<u8>),
+    Pipe,
+}
+
 /// A command to run with a deadline. Output goes to files in the sandbox,
 /// so nothing can block on a full pipe or on a grandchild holding one open.
 pub struct Cmd {
     cmd: Command,
-    stdin: Option<Vec<u8>>,
+    stdin: Input,
     inherit: Vec<RawFd>,
     files: PathBuf,
     deadline: Duration,
@@ -226,7 +232,13 @@ impl Cmd {
 
     /// Feeds these bytes on standard input (default: /dev/null).
     pub fn stdin(mut self, bytes: impl AsRef<[u8]>) -> Self {
-        self.stdin = Some(bytes.as_ref().to_vec());
+        self.stdin = Input::Bytes(bytes.as_ref().to_vec());
+        self
+    }
+
+    /// Standard input is a pipe the test writes to ([`Running::take_stdin`]).
+    pub fn stdin_pipe(mut self) -> Self {
+        self.stdin = Input::Pipe;
         self
     }
 
@@ -257,12 +269,13 @@ impl Cmd {
         let stdout = self.files.with_extension("stdout");
         let stderr = self.files.with_extension("stderr");
         let stdin = match &self.stdin {
-            Some(bytes) => {
+            Input::Bytes(bytes) => {
                 let path = self.files.with_extension("stdin");
                 fs::write(&path, bytes).expect("write stdin file");
                 Stdio::from(File::open(&path).expect("open stdin file"))
             }
-            None => Stdio::null(),
+            Input::Pipe => Stdio::piped(),
+            Input::Null => Stdio::null(),
         };
         self.cmd
             .stdin(stdin)
@@ -379,6 +392,15 @@ pub struct Running {
 impl Running {
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("still running").id() as i32
+    }
+
+    /// The writing end of standard input, for a command built with
+    /// [`Cmd::stdin_pipe`]. Dropping it closes the command's input.
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.child
+            .as_mut()
+            .and_then(|child| child.stdin.take())
+            .expect("spawned with stdin_pipe() and not taken yet")
     }
 
     /// Sends `signal` to the command itself (not its group).
@@ -901,6 +923,15 @@ impl PipeJobserver {
 
     pub fn fds(&self) -> [RawFd; 2] {
         [self.read.as_raw_fd(), self.write.as_raw_fd()]
+    }
+
+    /// Whether the pipe's shared read description is non-blocking now
+    /// (anyone who sets O_NONBLOCK on it changes it for every holder).
+    pub fn read_end_is_nonblocking(&self) -> bool {
+        // SAFETY: F_GETFL only reads the descriptor's status flags.
+        let flags = unsafe { libc::fcntl(self.read.as_raw_fd(), libc::F_GETFL) };
+        assert!(flags >= 0, "F_GETFL: {}", io::Error::last_os_error());
+        flags & libc::O_NONBLOCK != 0
     }
 
     /// MAKEFLAGS as make 4.3 writes it for this pool (in a `+` recipe).
