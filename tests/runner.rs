@@ -432,3 +432,27 @@ fn a_high_load_limit_does_not_hold_jobs_back() {
     output.success();
     assert_eq!(sandbox.log().peak(), 3, "{}", sandbox.log().dump());
 }
+
+/// Bare `-j` and `-j0` mean one slot per CPU.
+#[test]
+fn bare_jobs_means_one_slot_per_cpu() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for jobs in [&["-j0"][..], &["-j", "--"]] {
+        let sandbox = Sandbox::new();
+        let probe = sandbox
+            .probe()
+            .id("{}")
+            .barrier(&sandbox.join("barrier"), cpus)
+            .sleep_ms(200);
+        let output = sandbox
+            .jsrun()
+            .args(jobs)
+            .args(probe.words())
+            .arg(":::")
+            .args(values(2 * cpus + 1))
+            .run();
+        output.success();
+        let log = sandbox.log();
+        assert_eq!(log.peak(), cpus, "{jobs:?}\n{}", log.dump());
+    }
+}
