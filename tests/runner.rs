@@ -456,3 +456,31 @@ fn bare_jobs_means_one_slot_per_cpu() {
         assert_eq!(log.peak(), cpus, "{jobs:?}\n{}", log.dump());
     }
 }
+
+/// `--output-sync=line`: two jobs that each print half a line, meet, then
+/// finish the line: every line comes out whole.
+fn lines_stay_whole(sync: &str) {
+    let sandbox = Sandbox::new();
+    let barrier = util::path_str(&sandbox.join("barrier"));
+    let script = format!(
+        "printf x$1; {} --id $1 --barrier {barrier} --want 2 --deadline-ms 10000; echo y",
+        util::shell_words(&[util::path_str(&util::probe_bin())])
+    );
+    let output = sandbox
+        .jsrun()
+        .args([sync, "-j2", "sh", "-c", &script, "sh", ":::", "1", "2"])
+        .run();
+    output.success();
+    assert_eq!(output.sorted_lines(), ["x1y", "x2y"], "{}", output.report());
+}
+
+#[test]
+fn output_sync_line_keeps_lines_whole() {
+    lines_stay_whole("--output-sync=line");
+}
+
+/// The short form with the type attached, as make writes it (`-Oline`).
+#[test]
+fn short_output_sync_takes_an_attached_type() {
+    lines_stay_whole("-Oline");
+}
