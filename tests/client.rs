@@ -103,26 +103,37 @@ fn last_jobserver_auth_wins() {
     assert_eq!(sorted(&pool.drain()), b"ab");
 }
 
-/// Children get MAKEFLAGS (and the pipe fds) exactly as jsrun got them.
+/// Children get MAKEFLAGS (and the pipe fds) exactly as jsrun got them,
+/// also when -jN caps jsrun itself.
 #[test]
 fn children_get_makeflags_unchanged() {
-    let sandbox = Sandbox::new();
-    let pool = PipeJobserver::new(b"++");
-    let [r, w] = pool.fds();
-    let makeflags = format!("ks -j3 --jobserver-auth={r},{w} -- FOO=bar\\ baz");
-    let probe = sandbox.probe().env_out(&sandbox.join("seen"));
-    let output = sandbox
-        .jsrun()
-        .args(probe.words())
-        .inherit_fds(&[r, w])
-        .env("MAKEFLAGS", &makeflags)
-        .run();
-    output.success();
-    let seen = Seen::read(&sandbox.join("seen"));
-    assert_eq!(seen.var("MAKEFLAGS").as_deref(), Some(makeflags.as_str()));
-    let open: Vec<i32> = seen.fds().iter().map(|(fd, _, _)| *fd).collect();
-    assert!(open.contains(&r) && open.contains(&w), "{}", seen.text);
-    assert_eq!(pool.drain(), b"++");
+    for jobs in [&[][..], &["-j2"]] {
+        let sandbox = Sandbox::new();
+        let pool = PipeJobserver::new(b"++");
+        let [r, w] = pool.fds();
+        let makeflags = format!("ks -j3 --jobserver-auth={r},{w} -- FOO=bar\\ baz");
+        let probe = sandbox.probe().id("{}").env_out(&sandbox.join("seen-{}"));
+        let output = sandbox
+            .jsrun()
+            .args(jobs)
+            .args(probe.words())
+            .args([":::", "1", "2"])
+            .inherit_fds(&[r, w])
+            .env("MAKEFLAGS", &makeflags)
+            .run();
+        output.success();
+        for id in ["1", "2"] {
+            let seen = Seen::read(&sandbox.join(format!("seen-{id}")));
+            assert_eq!(
+                seen.var("MAKEFLAGS").as_deref(),
+                Some(makeflags.as_str()),
+                "{jobs:?}"
+            );
+            let open: Vec<i32> = seen.fds().iter().map(|(fd, _, _)| *fd).collect();
+            assert!(open.contains(&r) && open.contains(&w), "{}", seen.text);
+        }
+        assert_eq!(pool.drain(), b"++");
+    }
 }
 
 /// A fifo path that cannot be opened: warning, one job at a time.
@@ -333,4 +344,20 @@ fn stats_summarize_the_run() {
         );
     }
     assert_eq!(sorted(&pool.drain()), b"abc");
+}
+
+/// `--jobserver=R,W`: inherited pipe fds named on the command line.
+#[test]
+fn jobserver_option_accepts_pipe_fds() {
+    let sandbox = Sandbox::new();
+    let pool = PipeJobserver::new(b"st");
+    let [r, w] = pool.fds();
+    let output = probe_run(&sandbox, &[&format!("--jobserver={r},{w}")], 2, 5)
+        .inherit_fds(&[r, w])
+        .run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(5), "{}", log.dump());
+    assert_eq!(log.peak(), 2, "{}\n{}", log.dump(), output.report());
+    assert_eq!(sorted(&pool.drain()), b"st");
 }
