@@ -30,7 +30,9 @@ fi
 echo "peers.sh: installing peers from tests/peers.txt into .peers/venv" >&2
 rm -f "$stamp"
 mkdir -p "$peers"
-if [[ ! -x $venv/bin/python ]]; then
+# A venv whose interpreter is gone (python3 upgraded or moved) is rebuilt.
+if ! "$venv/bin/python" -c '' 2>/dev/null; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
