@@ -161,7 +161,7 @@ pub struct Config {
 
 /// Parses jsrun's arguments; on a usage error prints it and returns the status to exit with.
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status> {
-    let cli = Cli::try_parse_from(args).map_err(|e| {
+    let cli = Cli::try_parse_from(attach_output_sync(args)).map_err(|e| {
         let _ = e.print();
         if !e.use_stderr() {
             return Status::SUCCESS;
@@ -182,6 +182,23 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status
             .print();
         Status::USAGE
     })
+}
+
+/// make spells `-O TYPE` attached, `-Oline`; clap's optional value needs `-O=line` (a bare
+/// `-O` must not swallow the command). Rewrites `-Oline` to `--output-sync=line` among
+/// jsrun's own options, before the command.
+fn attach_output_sync<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    for arg in args.iter_mut().skip(1) {
+        let Some(text) = arg.to_str() else { break };
+        if text == "--" || !text.starts_with('-') {
+            break;
+        }
+        if let Some(mode @ ("none" | "line" | "job")) = text.strip_prefix("-O") {
+            *arg = format!("--output-sync={mode}").into();
+        }
+    }
+    args
 }
 
 impl TryFrom<Cli> for Config {
@@ -311,6 +328,11 @@ mod tests {
         assert!(config.keep_going);
         assert_eq!(config.output_sync, OutputSync::Job);
         assert_eq!(config.command, os(&["echo", "x"]));
+        for spelling in ["-Oline", "-O=line", "--output-sync=line"] {
+            let config = parse(os(&["jsrun", spelling, "-j2", "echo", "-Ojob"])).unwrap();
+            assert_eq!(config.output_sync, OutputSync::Line, "{spelling}");
+            assert_eq!(config.command, os(&["echo", "-Ojob"]));
+        }
         let config = parse(os(&["jsrun", "--output-sync=line", "--", "-weird"])).unwrap();
         assert_eq!(config.output_sync, OutputSync::Line);
         assert_eq!(config.command, os(&["-weird"]));

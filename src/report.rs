@@ -176,8 +176,10 @@ impl Report {
     }
 
     /// The `--stats` summary: one line on stderr.
-    pub fn print_stats(&self, slots: usize) {
+    /// `slots`: the budget, `None` when unknown (then the peak stands in for it).
+    pub fn print_stats(&self, slots: Option<usize>) {
         let s = &self.stats;
+        let slots = slots.unwrap_or(s.peak);
         let wall = self.start.elapsed();
         let utilisation = if slots > 0 && !wall.is_zero() {
             100.0 * s.busy.as_secs_f64() / (slots as f64 * wall.as_secs_f64())

@@ -87,7 +87,12 @@ fn execute(config: Config) -> Result<Status> {
         },
         (None, None) => serve_or_alone(&config, &template, &mut server)?,
     };
-    let slots = cap.min(pool.client.as_ref().map_or(1, |_| usize::MAX));
+    // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached.
+    let slots = match (cap, makeflags.jobs) {
+        (usize::MAX, Some(Some(n))) => Some(n as usize),
+        (usize::MAX, _) => None,
+        (n, _) => Some(n),
+    };
     let total = match &config.input {
         Input::None => Some(1),
         Input::Values(values) => Some(values.len()),
@@ -120,7 +125,7 @@ fn execute(config: Config) -> Result<Status> {
     report.close();
     let outcome = outcome?;
     if config.stats {
-        report.print_stats(if slots == usize::MAX { 0 } else { slots });
+        report.print_stats(slots);
     }
     Ok(match outcome.interrupted {
         Some(sig) => Status::Killed(sig),
@@ -296,11 +301,17 @@ fn print_info(config: &Config) -> Status {
         println!("jsrun -j: {n}");
     }
     let Some(auth) = auth else {
-        match config.jobs {
-            Some(n) => println!("jsrun would create a jobserver with {n} slots"),
-            None => println!("jsrun would run one job at a time"),
-        }
-        return Status::Code(1);
+        // With -jN jsrun would serve a jobserver of its own: that one is usable.
+        return match config.jobs {
+            Some(n) => {
+                println!("jsrun would create a jobserver with {n} slots");
+                Status::SUCCESS
+            }
+            None => {
+                println!("jsrun would run one job at a time");
+                Status::Code(1)
+            }
+        };
     };
     let style = match &auth {
         Auth::Fifo(_) => "fifo",
