@@ -401,7 +401,7 @@ def rotate(items, r):
     return items[r:] + items[:r]
 
 
-def run_rounds(workloads, rounds):
+def run_rounds(workloads, rounds, timeout):
     for r in range(rounds):
         for w in workloads:
             for case in rotate(w.cases, r):
@@ -410,7 +410,7 @@ def run_rounds(workloads, rounds):
                 if case.pre:
                     case.pre()
                 res = run(case.argv, stdin=case.stdin, stdout=case.stdout, env=case.env,
-                          check=case.check)
+                          check=case.check, timeout=timeout)
                 if res.failed:
                     case.failed = res.failed
                     log(f"round {r + 1}/{rounds} {w.key}: {case.tool}: failed: {res.failed}")
@@ -445,6 +445,28 @@ def case_stats(w, case, floor_cpu_job):
     st["per_round"] = per_round
     st["wall_ratio"] = median(per_round) if per_round else None
     return st
+
+
+def client_check():
+    """One untimed look at d: what jsrun sees under each make (style, usable)."""
+    mk = os.path.join(WORK, "d-info.mk")
+    with open(mk, "w") as f:
+        f.write(f".SUFFIXES:\nall:\n\t+@{JSRUN} -j2 --info\n")
+    out = os.path.join(WORK, "d-info.txt")
+    parts = []
+    for name, make in (("make 4.4.1", MAKE44), ("make 4.3", MAKE43)):
+        res = run([make, "-r", "-j2", "-f", mk], stdout=out, timeout=30)
+        if res.failed:
+            parts.append(f"{name}: failed: {res.failed}")
+            continue
+        info = {}
+        with open(out) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+        parts.append(f"{name}: style {info.get('style', '?')}, usable {info.get('usable', '?')}, "
+                     f"free tokens {info.get('free tokens', '?')}")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------
@@ -720,7 +742,7 @@ def jsrun_version():
     return rev or "?"
 
 
-def report(cfg, workloads, e_rows, e_check, f_rows, true_rss, g_rows, strace_text, elapsed):
+def report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss, g_rows, strace_text, elapsed):
     m = machine()
     L = []
     mode = "quick smoke run, numbers indicative only" if cfg["quick"] else "full run"
@@ -789,6 +811,10 @@ def report(cfg, workloads, e_rows, e_check, f_rows, true_rss, g_rows, strace_tex
         for case in w.cases:
             L.append(f"- {w.key}. {case.tool}: `{case.command()}`")
     L.append("")
+
+    if "d" in cfg["only"]:
+        L.append(f"Client check for d (`+jsrun -j2 --info` as the recipe): {md_escape(d_check)}")
+        L.append("")
 
     # Targets a-d
     js = stats.get(("a", "jsrun"))
@@ -965,10 +991,12 @@ def main():
 
     if args.quick:
         cfg = {"a_jobs": 300, "b_jobs": 200, "c_jobs": 80, "e_reps": 40,
-               "f_sizes": [1000, 10000], "f_timeout": 60, "g_secs": 0.6, "rounds": 2}
+               "f_sizes": [1000, 10000], "f_timeout": 60, "g_secs": 0.6, "rounds": 2,
+               "timeout": 60}
     else:
         cfg = {"a_jobs": 5000, "b_jobs": 2000, "c_jobs": 200, "e_reps": 300,
-               "f_sizes": [1000, 100000], "f_timeout": 600, "g_secs": 3.0, "rounds": 5}
+               "f_sizes": [1000, 100000], "f_timeout": 600, "g_secs": 3.0, "rounds": 5,
+               "timeout": 300}
     if args.rounds:
         cfg["rounds"] = args.rounds
     cfg["quick"] = args.quick
@@ -982,15 +1010,16 @@ def main():
 
     start = time.monotonic()
     workloads = [w for w in build_workloads(cfg) if w.key in args.only]
-    run_rounds(workloads, cfg["rounds"])
+    run_rounds(workloads, cfg["rounds"], cfg["timeout"])
+    d_check = client_check() if "d" in args.only else "not run"
     e_rows, e_check = startup(cfg) if "e" in args.only else ([], "not run")
     f_rows, true_rss = memory(cfg) if "f" in args.only else ([], 0)
     g_rows = waiting(cfg) if "g" in args.only else []
     strace_text = syscalls(cfg) if args.strace else None
     elapsed = time.monotonic() - start
 
-    text, stats, targets = report(cfg, workloads, e_rows, e_check, f_rows, true_rss, g_rows,
-                                  strace_text, elapsed)
+    text, stats, targets = report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss,
+                                  g_rows, strace_text, elapsed)
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.md"), "w") as f:
