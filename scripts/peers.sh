@@ -23,7 +23,7 @@ if [[ ! -x /usr/bin/make ]]; then
 fi
 
 want=$(sha256sum "$req" | cut -d' ' -f1)
-if [[ -f $stamp && $(<"$stamp") == "$want" && -x $venv/bin/make && -x $venv/bin/ninja ]]; then
+if [[ -f $stamp && $(<"$stamp") == "$want" && -x $venv/bin/make && -x $venv/bin/ninja && -x $venv/bin/emerge ]]; then
     exit 0
 fi
 

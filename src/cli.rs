@@ -54,6 +54,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "STYLE")]
     pub jobserver_style: Option<Style>,
 
+    /// Let GROUP use the fifo jsrun creates (directory 0710, fifo 0660 instead of 0700 and
+    /// 0600), e.g. the build user of emerge's FEATURES=userpriv.
+    #[arg(long, value_name = "GROUP")]
+    pub jobserver_group: Option<String>,
+
     /// Use this jobserver (fifo:PATH or R,W) instead of MAKEFLAGS, with no implicit slot:
     /// a token is taken before the first job too.
     #[arg(long, value_name = "AUTH")]
@@ -145,6 +150,7 @@ pub struct Config {
     pub load_average: Option<f64>,
     pub keep_going: bool,
     pub jobserver_style: Option<Style>,
+    pub jobserver_group: Option<nix::unistd::Gid>,
     pub jobserver: Option<Auth>,
     pub output_sync: OutputSync,
     pub tag: bool,
@@ -244,6 +250,7 @@ impl TryFrom<Cli> for Config {
             load_average: cli.load_average,
             keep_going: cli.keep_going,
             jobserver_style: cli.jobserver_style,
+            jobserver_group: cli.jobserver_group.map(|g| group_id(&g)).transpose()?,
             jobserver,
             output_sync,
             tag: cli.tag,
@@ -257,6 +264,19 @@ impl TryFrom<Cli> for Config {
             command,
             input,
         })
+    }
+}
+
+/// A group name or number.
+fn group_id(group: &str) -> Result<nix::unistd::Gid, String> {
+    if let Ok(n) = group.parse() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(format!(
+            "unknown group '{group}' for --jobserver-group: give a group name or number"
+        )),
     }
 }
 

@@ -58,7 +58,9 @@ fn execute(config: Config) -> Result<Status> {
         (Some(auth), _) => {
             let client =
                 Client::open(auth).with_context(|| format!("cannot use --jobserver={auth}"))?;
-            export(&format!("-j {}", auth_words(auth)));
+            // No -j word: "-j" alone would read as "unlimited" to a tool that sizes itself
+            // from it; make, ninja and Portage use the jobserver without one.
+            export(&auth_words(auth));
             let pool = Pool {
                 client: Some(client),
                 implicit: 0,
@@ -78,9 +80,15 @@ fn execute(config: Config) -> Result<Status> {
                     Some(n) => format!("creating a jobserver with {n} slots (-j{n})"),
                     None => "running one job at a time".into(),
                 };
+                // Closed or disabled pipe fds: the parent make rule lacks a '+'. A fifo
+                // that cannot be opened: its make is gone or it is not ours to use.
+                let hint = match auth {
+                    Auth::Pipe { .. } | Auth::Disabled => " Add '+' to the parent make rule.",
+                    _ => "",
+                };
                 eprintln!(
                     "jsrun: warning: jobserver unavailable: {e:#} ({var} has \
-                     --jobserver-auth={auth}); {fallback}. Add '+' to the parent make rule."
+                     --jobserver-auth={auth}); {fallback}.{hint}"
                 );
                 serve_or_alone(&config, &template, &mut server)?
             }
@@ -150,7 +158,8 @@ fn serve_or_alone(
         Some(style) => style,
         None => default_style(template, config.verbose),
     };
-    let (created, client) = Server::create(style, n).context("cannot create a jobserver")?;
+    let (created, client) =
+        Server::create(style, n, config.jobserver_group).context("cannot create a jobserver")?;
     export(&created.makeflags_words());
     if config.verbose {
         eprintln!(

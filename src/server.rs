@@ -2,11 +2,12 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+use nix::unistd::Gid;
 use tempfile::TempDir;
 
 use crate::client::Client;
@@ -36,7 +37,10 @@ pub struct Server {
 impl Server {
     /// Creates a pool for `slots` concurrent jobs: `slots - 1` tokens, since the first job
     /// runs in jsrun's implicit slot. Returns jsrun's own connection to it too.
-    pub fn create(style: Style, slots: usize) -> Result<(Server, Client)> {
+    ///
+    /// `group`: also let this group use the fifo (directory 0710, fifo 0660), e.g. the
+    /// build user Portage drops to under FEATURES=userpriv.
+    pub fn create(style: Style, slots: usize, group: Option<Gid>) -> Result<(Server, Client)> {
         let (auth, dir, pipe) = match style {
             Style::Fifo => {
                 // A fresh 0700 directory made atomically with a random name, so nobody can
@@ -49,6 +53,9 @@ impl Server {
                 let path = dir.path().join("fifo");
                 nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR)
                     .with_context(|| format!("cannot create fifo {}", path.display()))?;
+                if let Some(gid) = group {
+                    share_with_group(dir.path(), &path, gid)?;
+                }
                 (Auth::Fifo(path), Some(dir), None)
             }
             Style::Pipe => {
@@ -115,6 +122,18 @@ impl Server {
     }
 }
 
+/// Hands directory and fifo to `gid`, then opens them to it: the group first, so the
+/// wider modes never apply to the wrong group.
+fn share_with_group(dir: &Path, fifo: &Path, gid: Gid) -> Result<()> {
+    for (path, mode) in [(dir, 0o710), (fifo, 0o660)] {
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot open {} to its group", path.display()))?;
+    }
+    Ok(())
+}
+
 /// `TMPDIR` when it is absolute and blank-free, else `/tmp`: ninja and the jobserver crate
 /// split MAKEFLAGS on plain blanks and would truncate such a fifo path.
 fn temp_base() -> PathBuf {
@@ -138,10 +157,13 @@ pub fn export_env(words: &str) -> Vec<(&'static str, String)> {
         "MAKEFLAGS",
         makeflags::rewrite(&old("MAKEFLAGS").unwrap_or_default(), words),
     )];
-    for name in ["MFLAGS", "CARGO_MAKEFLAGS"] {
-        if let Some(value) = old(name) {
-            vars.push((name, makeflags::rewrite(&value, words)));
-        }
+    // MFLAGS is written by make with a dash on its first word and no blank before it.
+    if let Some(value) = old("MFLAGS") {
+        let rewritten = makeflags::rewrite(&value, words);
+        vars.push(("MFLAGS", rewritten.trim_start().to_owned()));
+    }
+    if let Some(value) = old("CARGO_MAKEFLAGS") {
+        vars.push(("CARGO_MAKEFLAGS", makeflags::rewrite(&value, words)));
     }
     vars
 }
@@ -153,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_fifo_server_holds_n_minus_one_tokens_in_a_private_directory() {
-        let (server, client) = Server::create(Style::Fifo, 4).unwrap();
+        let (server, client) = Server::create(Style::Fifo, 4, None).unwrap();
         let Auth::Fifo(path) = server.auth().clone() else {
             panic!("not a fifo: {}", server.auth())
         };
@@ -175,8 +197,21 @@ mod tests {
     }
 
     #[test]
+    fn a_group_can_be_given_the_fifo() {
+        let gid = nix::unistd::getegid();
+        let (server, _client) = Server::create(Style::Fifo, 2, Some(gid)).unwrap();
+        let Auth::Fifo(path) = server.auth().clone() else {
+            panic!("not a fifo")
+        };
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, gid.as_raw()));
+        let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(dir.mode() & 0o777, 0o710);
+    }
+
+    #[test]
     fn a_pipe_server_exports_both_spellings() {
-        let (server, client) = Server::create(Style::Pipe, 2).unwrap();
+        let (server, client) = Server::create(Style::Pipe, 2, None).unwrap();
         let Auth::Pipe { read, write } = *server.auth() else {
             panic!("not a pipe")
         };
