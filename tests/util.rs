@@ -1076,3 +1076,102 @@ pub fn jobserver_auth(makeflags: &str) -> Option<String> {
 pub fn os(words: &[&str]) -> Vec<OsString> {
     words.iter().map(OsString::from).collect()
 }
+
+// ---------------------------------------------------------------------------
+// Limits, users and processes (fault and security tests)
+
+impl Cmd {
+    /// Sets the soft and hard `resource` limit to `limit` in the command
+    /// before it starts; everything it starts inherits the limit.
+    pub fn rlimit(mut self, resource: libc::__rlimit_resource_t, limit: u64) -> Self {
+        let value = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit is async-signal-safe and only reads `value`, a
+        // copy owned by the closure.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                if libc::setrlimit(resource, &value) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+
+    /// Runs the command as `uid`/`gid` with no supplementary groups (the
+    /// test must be root). Called after [`Cmd::rlimit`], the limits are set
+    /// while still privileged.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        // SAFETY: setgroups, setgid and setuid are async-signal-safe and
+        // touch no memory of ours.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+}
+
+/// Whether the tests run as root (who is exempt from RLIMIT_NPROC and from
+/// file permissions).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid only reads a process attribute.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A process is gone once /proc forgets it or it is a zombie.
+pub fn process_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Sends `signal` to any process (not only a child of the test).
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory effects.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {signal}): {}",
+        io::Error::last_os_error()
+    );
+}
+
+/// How many entries `dir` holds now (0 if it does not exist): the jobs
+/// waiting at a barrier.
+pub fn entries(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|it| it.count()).unwrap_or(0)
+}
+
+impl FifoJobserver {
+    /// Opens a fifo somebody else created (make's), read-write and
+    /// non-blocking, so the test can count what is in it; holding it open
+    /// keeps its contents when every other process has closed it.
+    pub fn open_existing(path: PathBuf) -> FifoJobserver {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+        FifoJobserver {
+            path,
+            fd: OwnedFd::from(file),
+            tokens: 0,
+        }
+    }
+}
