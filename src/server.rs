@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::Gid;
-use tempfile::TempDir;
 
 use crate::client::Client;
 use crate::makeflags::{self, Auth};
@@ -28,8 +27,8 @@ pub enum Style {
 pub struct Server {
     slots: usize,
     auth: Auth,
-    /// The private directory holding the fifo; removed (with the fifo) when dropped.
-    _dir: Option<TempDir>,
+    /// The private directory holding the fifo; both removed when dropped.
+    dir: Option<PathBuf>,
     /// Both ends of the pipe, inheritable, open until jsrun exits.
     _pipe: Option<(OwnedFd, OwnedFd)>,
 }
@@ -56,7 +55,9 @@ impl Server {
                 if let Some(gid) = group {
                     share_with_group(dir.path(), &path, gid)?;
                 }
-                (Auth::Fifo(path), Some(dir), None)
+                // From here on Server's Drop removes the two entries it knows, without
+                // listing the directory.
+                (Auth::Fifo(path), Some(dir.keep()), None)
             }
             Style::Pipe => {
                 let (r, w) =
@@ -79,7 +80,7 @@ impl Server {
         let server = Server {
             slots,
             auth,
-            _dir: dir,
+            dir,
             _pipe: pipe,
         };
         Ok((server, client))
@@ -119,6 +120,17 @@ impl Server {
             "jobserver tokens: {difference} at exit ({found} found, {want} expected); \
              a job may have kept or added tokens"
         ))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let (Some(dir), Auth::Fifo(fifo)) = (&self.dir, &self.auth) {
+            let _ = std::fs::remove_file(fifo);
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("jsrun: warning: cannot remove {}: {e}", dir.display());
+            }
+        }
     }
 }
 

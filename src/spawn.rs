@@ -16,24 +16,20 @@ use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 
-/// Where a child's standard streams go; `None` keeps jsrun's own.
-#[derive(Default)]
-pub struct Stdio<'a> {
-    pub stdin_null: bool,
-    pub stdout: Option<&'a OwnedFd>,
-    pub stderr: Option<&'a OwnedFd>,
-}
-
 pub struct Spawner {
     attr: PosixSpawnAttr,
     /// The environment, captured once: it does not change while jobs run.
     env: Vec<CString>,
-    dev_null: OwnedFd,
+    /// Jobs read /dev/null instead of jsrun's stdin.
+    dev_null: Option<OwnedFd>,
+    /// The file actions of a job whose output is not captured, built once: glibc asks
+    /// for the fd limit each time an action is added.
+    plain: PosixSpawnFileActions,
 }
 
 impl Spawner {
     /// Call after jsrun's own environment changes (the jobserver export) are done.
-    pub fn new() -> io::Result<Spawner> {
+    pub fn new(stdin_null: bool) -> io::Result<Spawner> {
         let mut attr = PosixSpawnAttr::init()?;
         attr.set_sigmask(&SigSet::empty())?;
         let mut defaults = SigSet::empty();
@@ -50,20 +46,26 @@ impl Spawner {
                 CString::new(entry).ok()
             })
             .collect();
-        let dev_null = crate::sys::open(Path::new("/dev/null"), OFlag::O_RDONLY)?;
+        let dev_null = match stdin_null {
+            true => Some(crate::sys::open(Path::new("/dev/null"), OFlag::O_RDONLY)?),
+            false => None,
+        };
+        let plain = file_actions(dev_null.as_ref(), None)?;
         Ok(Spawner {
             attr,
             env,
             dev_null,
+            plain,
         })
     }
 
-    /// Starts `program` with `argv` (whose first word is shown as the process name).
+    /// Starts `program` with `argv` (whose first word is shown as the process name), with
+    /// its stdout and stderr on `output` when given.
     pub fn spawn(
         &self,
         program: &Path,
         argv: &[impl AsRef<OsStr>],
-        stdio: &Stdio<'_>,
+        output: Option<[&OwnedFd; 2]>,
     ) -> io::Result<Pid> {
         let argv = argv
             .iter()
@@ -75,20 +77,33 @@ impl Spawner {
                     "an argument contains a NUL byte",
                 )
             })?;
-        let mut actions = PosixSpawnFileActions::init()?;
-        // dup2 clears close-on-exec on the new descriptor; the originals, all
-        // close-on-exec, vanish at exec.
-        if stdio.stdin_null {
-            actions.add_dup2(self.dev_null.as_raw_fd(), 0)?;
-        }
-        if let Some(fd) = stdio.stdout {
-            actions.add_dup2(fd.as_raw_fd(), 1)?;
-        }
-        if let Some(fd) = stdio.stderr {
-            actions.add_dup2(fd.as_raw_fd(), 2)?;
-        }
+        let captured;
+        let actions = match output {
+            Some(_) => {
+                captured = file_actions(self.dev_null.as_ref(), output)?;
+                &captured
+            }
+            None => &self.plain,
+        };
         Ok(nix::spawn::posix_spawn(
-            program, &actions, &self.attr, &argv, &self.env,
+            program, actions, &self.attr, &argv, &self.env,
         )?)
     }
+}
+
+/// dup2 clears close-on-exec on the new descriptor; the originals, all close-on-exec,
+/// vanish at exec.
+fn file_actions(
+    stdin: Option<&OwnedFd>,
+    output: Option<[&OwnedFd; 2]>,
+) -> io::Result<PosixSpawnFileActions> {
+    let mut actions = PosixSpawnFileActions::init()?;
+    if let Some(fd) = stdin {
+        actions.add_dup2(fd.as_raw_fd(), 0)?;
+    }
+    if let Some([out, err]) = output {
+        actions.add_dup2(out.as_raw_fd(), 1)?;
+        actions.add_dup2(err.as_raw_fd(), 2)?;
+    }
+    Ok(actions)
 }

@@ -26,7 +26,7 @@ use crate::jobs::template::{Fill, Template};
 use crate::jobs::{self, Job};
 use crate::output::{Capture, Output};
 use crate::report::{Finished, Report};
-use crate::spawn::{self, Spawner};
+use crate::spawn::Spawner;
 use crate::status::Status;
 use crate::sys::{self, Signals};
 
@@ -101,12 +101,14 @@ pub fn run(
     report: &mut Report,
     output: &mut Output,
 ) -> Result<Outcome> {
+    let spawner =
+        Spawner::new(plan.source.reads_stdin()).context("cannot prepare to start jobs")?;
     let mut sup = Supervisor {
         plan,
         pool,
         report,
         output,
-        spawner: Spawner::new().context("cannot prepare to start jobs")?,
+        spawner,
         running: Vec::new(),
         held: Vec::new(),
         pending: None,
@@ -323,14 +325,11 @@ impl Supervisor<'_> {
             Some((capture, pipes)) => (Some(capture), Some(pipes)),
             None => (None, None),
         };
-        let stdio = spawn::Stdio {
-            stdin_null: self.plan.source.reads_stdin(),
-            stdout: pipes.as_ref().map(|p| &p[0]),
-            stderr: pipes.as_ref().map(|p| &p[1]),
-        };
         let started_at = SystemTime::now();
         let started = Instant::now();
-        let pid = self.spawner.spawn(&job.program, &job.argv, &stdio)?;
+        let pid =
+            self.spawner
+                .spawn(&job.program, &job.argv, pipes.as_ref().map(|[o, e]| [o, e]))?;
         // `pipes` ends here: the child has its own copies, and ours would keep the
         // pipes from ever ending.
         Ok((pid, capture, started, started_at))
