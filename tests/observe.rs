@@ -947,3 +947,111 @@ fn completion_scripts_name_the_options() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Memory under -O job
+
+/// Kills and reaps a child that the test still owns when it ends (a failed
+/// assertion or a deadline).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Bytes waiting in a pipe.
+fn pipe_pending(fd: std::os::fd::RawFd) -> usize {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer given.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut pending) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    pending as usize
+}
+
+/// The peak resident size of process `pid` so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|err| panic!("read /proc/{pid}/status: {err}"));
+    let kib: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in\n{status}"));
+    kib * 1024
+}
+
+/// `-O job` keeps up to 1 MiB per stream in memory and the rest in an
+/// unlinked temp file, so that output of any size can pass (README). A job
+/// writes 64 MiB; jsrun's stdout is a pipe the test leaves unread until it
+/// is half full, that is until jsrun is writing the job's output out. jsrun's
+/// peak memory up to then stays far below the output's size, and the
+/// output arrives whole.
+#[test]
+fn output_sync_job_does_not_load_a_spilled_output_into_memory() {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    use std::process::{Command, Stdio};
+    const SIZE: usize = 64 * MIB;
+    let sandbox = Sandbox::new();
+    let mut command = Command::new(util::jsrun_bin());
+    for variable in ["MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "GNUMAKEFLAGS"] {
+        command.env_remove(variable);
+    }
+    let child = command
+        .args(["-O", "head", "-c", &SIZE.to_string(), "/dev/zero"])
+        .current_dir(sandbox.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(sandbox.join("stderr")).expect("stderr file"))
+        .spawn()
+        .expect("spawn jsrun");
+    let mut child = Reaped(child);
+    let pid = child.0.id();
+    let mut stdout = child.0.stdout.take().expect("stdout pipe");
+    let fd = stdout.as_raw_fd();
+    // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
+    let capacity = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    assert!(
+        capacity > 0,
+        "F_GETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
+    util::wait_until("jsrun to write the job's output", || {
+        pipe_pending(fd) >= capacity as usize / 2
+    });
+    let peak = peak_rss(pid);
+
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = stdout.read(&mut buf).expect("read jsrun's stdout");
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == 0), "not the job's output");
+        total += n;
+    }
+    let deadline = Instant::now() + util::DEADLINE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "jsrun did not exit");
+        thread::sleep(Duration::from_millis(5));
+    };
+    let stderr = fs::read_to_string(sandbox.join("stderr")).unwrap_or_default();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert_eq!(total, SIZE, "bytes of output\n{stderr}");
+    assert!(
+        peak < SIZE / 2,
+        "jsrun's peak memory was {} MiB while passing on a 64 MiB output that \
+         -O job had spilled to a temp file",
+        peak / MIB
+    );
+}
