@@ -744,3 +744,53 @@ fn server_names_the_tokens_a_killed_client_kept() {
 fn pipe_server_names_the_tokens_a_killed_client_kept() {
     killed_client_loses_tokens(&["--jobserver-style=pipe"]);
 }
+
+// ---------------------------------------------------------------------------
+// Findings kept as failing tests (run with `--ignored`)
+
+/// The contract: "the byte read is the byte written back when that child
+/// exits". Jobs 2, 3 and 4 take `a`, `b` and `c` in that order (a fifo
+/// gives bytes in the order they were written); when job 2 alone ends,
+/// the byte that goes back must be job 2's `a`. jsrun keeps its tokens on a
+/// stack and writes back the last one read, `c`: the pool gets its bytes
+/// back in the end, but not each with the job that held it.
+#[test]
+#[ignore = "jsrun bug: a job's own byte is not the one written back when it ends"]
+fn the_byte_written_back_is_the_ending_jobs_own() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"abc");
+    let barrier = |id: &str| sandbox.join(format!("b{id}"));
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier_deadline(&sandbox.join("b{}"), 2, 30_000);
+    let mut running = sandbox
+        .jsrun()
+        .fifo_jobserver(&pool)
+        .args(probe.words())
+        .arg(":::")
+        .args(values(4))
+        .spawn();
+    running.wait_until("4 jobs to run", || {
+        values(4).iter().all(|id| entries(&barrier(id)) == 1)
+    });
+    release(&barrier("2"));
+    let log = sandbox.log();
+    running.wait_until("job 2 to end", || log.finished() == ["2"]);
+    let mut back = Vec::new();
+    running.wait_until("a token to come back", || {
+        back.extend(pool.drain());
+        !back.is_empty()
+    });
+    pool.put(&back);
+    for id in ["1", "3", "4"] {
+        release(&barrier(id));
+    }
+    running.wait().success();
+    assert_eq!(sorted(&pool.drain()), b"abc");
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        "a",
+        "job 2 held the first byte read"
+    );
+}
