@@ -124,20 +124,28 @@ impl Output {
         }
     }
 
+    /// Writes a finished job's stream: the spilled part in pieces (never whole in
+    /// memory), then what was kept in memory.
     fn write_all_kept(
-        &self,
+        &mut self,
         stream: &mut Stream,
         job: &Job,
         sink: &mut dyn Write,
     ) -> io::Result<()> {
+        let mut tagger = Tagger::new(self.tag, job);
         if let Some(mut file) = stream.spill.take() {
             file.rewind()?;
-            let mut data = Vec::new();
-            file.read_to_end(&mut data)?;
-            data.extend_from_slice(&stream.kept);
-            stream.kept = data;
+            loop {
+                let n = match file.read(&mut self.buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                tagger.write(sink, &self.buf[..n])?;
+            }
         }
-        write_tagged(sink, &stream.kept, self.tag, job)?;
+        tagger.write(sink, &stream.kept)?;
         stream.kept.clear();
         Ok(())
     }
@@ -171,23 +179,61 @@ fn keep(stream: &mut Stream, data: &[u8]) {
 }
 
 fn emit(is_stderr: bool, data: &[u8], tag: bool, job: &Job) {
+    let mut tagger = Tagger::new(tag, job);
     let _ = if is_stderr {
-        write_tagged(&mut io::stderr().lock(), data, tag, job)
+        tagger.write(&mut io::stderr().lock(), data)
     } else {
-        write_tagged(&mut io::stdout().lock(), data, tag, job)
+        tagger.write(&mut io::stdout().lock(), data)
     };
 }
 
-/// Writes `data`, each line prefixed with the job's value and a tab under `--tag`.
-fn write_tagged(sink: &mut dyn Write, data: &[u8], tag: bool, job: &Job) -> io::Result<()> {
-    if !tag {
-        return sink.write_all(data);
+/// Writes data in pieces, putting the job's value and a tab before each line under
+/// `--tag`, also when a line spans two pieces.
+struct Tagger {
+    tag: Option<Vec<u8>>,
+    at_line_start: bool,
+}
+
+impl Tagger {
+    fn new(tag: bool, job: &Job) -> Tagger {
+        Tagger {
+            tag: tag.then(|| job.tag()),
+            at_line_start: true,
+        }
     }
-    let tag = job.tag();
-    for line in data.split_inclusive(|&b| b == b'\n') {
-        sink.write_all(&tag)?;
-        sink.write_all(b"\t")?;
-        sink.write_all(line)?;
+
+    fn write(&mut self, sink: &mut dyn Write, data: &[u8]) -> io::Result<()> {
+        let Some(tag) = &self.tag else {
+            return sink.write_all(data);
+        };
+        for piece in data.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                sink.write_all(tag)?;
+                sink.write_all(b"\t")?;
+            }
+            sink.write_all(piece)?;
+            self.at_line_start = piece.ends_with(b"\n");
+        }
+        Ok(())
     }
-    sink.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_survive_lines_split_across_pieces() {
+        let job = Job::new(1, 1, vec!["echo".into()], Some(b"v".to_vec()), false);
+        let mut tagger = Tagger::new(true, &job);
+        let mut out = Vec::new();
+        for piece in [&b"ab"[..], b"c\nd", b"\n\ne", b""] {
+            tagger.write(&mut out, piece).unwrap();
+        }
+        assert_eq!(out, b"v\tabc\nv\td\nv\t\nv\te");
+        let mut plain = Tagger::new(false, &job);
+        let mut out = Vec::new();
+        plain.write(&mut out, b"x\ny").unwrap();
+        assert_eq!(out, b"x\ny");
+    }
 }

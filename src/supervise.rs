@@ -188,7 +188,20 @@ impl Supervisor<'_> {
                 wants.token = self.pool.client.is_some();
                 break;
             }
-            let job = self.pending.take().expect("a pending job");
+            let mut job = self.pending.take().expect("a pending job");
+            // The slot number is the lowest free one now that the job starts: it may have
+            // waited for a token while other jobs ended.
+            let slot = self.free_slot();
+            if slot != job.slot {
+                job.slot = slot;
+                if self.plan.template.uses_slot() {
+                    job.argv = self.plan.template.render(&Fill {
+                        value: job.value.as_deref(),
+                        seq: job.seq,
+                        slot,
+                    });
+                }
+            }
             self.spawn(job);
             self.rebalance();
         }
@@ -199,9 +212,7 @@ impl Supervisor<'_> {
     /// it cannot run (reported and counted as failed) or is only printed.
     fn prepare(&mut self, value: Option<Vec<u8>>) -> Option<Job> {
         self.seq += 1;
-        let slot = (1..)
-            .find(|s| self.running.iter().all(|r| r.job.slot != *s))
-            .unwrap_or(1);
+        let slot = self.free_slot();
         let fill = Fill {
             value: value.as_deref(),
             seq: self.seq,
@@ -219,6 +230,13 @@ impl Supervisor<'_> {
                 None
             }
         }
+    }
+
+    /// The lowest slot number no running job has (`{%}`, 1..N).
+    fn free_slot(&self) -> usize {
+        (1..)
+            .find(|s| self.running.iter().all(|r| r.job.slot != *s))
+            .unwrap_or(1)
     }
 
     /// Finds the program before any token is taken for it: 127 not found, 126 not

@@ -67,6 +67,11 @@ impl Template {
         }
     }
 
+    /// Whether `{%}` appears: the rendering depends on the slot.
+    pub fn uses_slot(&self) -> bool {
+        self.args.iter().flatten().any(|p| *p == Piece::Slot)
+    }
+
     pub fn render(&self, fill: &Fill<'_>) -> Vec<OsString> {
         self.args
             .iter()
