@@ -131,11 +131,11 @@ fn split(value: &str) -> Vec<Word> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
+                // A lone backslash at the very end stands for itself.
+                let next = chars.next().unwrap_or('\\');
                 raw.push(c);
-                if let Some(next) = chars.next() {
-                    raw.push(next);
-                    text.push(next);
-                }
+                raw.push(next);
+                text.push(next);
                 started = true;
             }
             ' ' | '\t' | '\n' => {
@@ -160,11 +160,11 @@ fn split(value: &str) -> Vec<Word> {
     words
 }
 
-/// Escapes blanks and backslashes the way make does inside a MAKEFLAGS word.
+/// Escapes blanks (newlines too) and backslashes the way make does inside a MAKEFLAGS word.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if matches!(c, ' ' | '\t' | '\\') {
+        if matches!(c, ' ' | '\t' | '\n' | '\\') {
             out.push('\\');
         }
         out.push(c);
@@ -315,6 +315,9 @@ mod tests {
         assert_eq!(texts, ["a b", "c\\"]);
         assert_eq!(raws, ["a\\ b", "c\\\\"]);
         assert_eq!(split(" x")[0].text, "");
+        // A trailing lone backslash is kept, escaped, so nothing appended can join it.
+        assert_eq!(rewrite("k -Ifoo\\", "-j2"), "k -Ifoo\\\\ -j2");
+        assert_eq!(escape("a\nb c"), "a\\\nb\\ c");
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! SIGHUP), the jobserver while a job waits for a token, the job source while it has no
 //! full line, and the output pipes of running jobs. Nothing sleeps and nothing spins.
 //!
-//! Slots: jsrun may run `implicit` jobs (1, or 0 under `--jobserver`) without a token and
-//! holds one token for every further running job. When any job ends and jsrun then holds
-//! more tokens than its running jobs need, it writes one back at once (as make does), so
-//! the pool never waits on jsrun; each byte written is a byte that was read.
+//! Slots: a job runs in jsrun's implicit slot (there is none under `--jobserver`) or on a
+//! token read for it. When the job ends its token is written back, the very byte read
+//! for it, or the implicit slot is marked free: nothing is ever written for it.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -57,9 +56,17 @@ pub struct Outcome {
     pub interrupted: Option<Signal>,
 }
 
+/// What a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Implicit,
+    Token(u8),
+}
+
 struct Running {
     pid: Pid,
     job: Job,
+    slot: Slot,
     started: Instant,
     started_at: SystemTime,
     capture: Option<Capture>,
@@ -75,8 +82,10 @@ struct Supervisor<'a> {
     output: &'a mut Output,
     spawner: Spawner,
     running: Vec<Running>,
-    /// Tokens read and not yet written back, in the order they were read.
-    held: Vec<u8>,
+    /// The implicit slot has a job.
+    implicit_busy: bool,
+    /// The jobserver failed (EOF, I/O error): read no more tokens from it.
+    jobserver_failed: bool,
     /// The next job, rendered and resolved, waiting for a slot.
     pending: Option<Job>,
     /// Since when `pending` waits for a token.
@@ -110,7 +119,8 @@ pub fn run(
         output,
         spawner,
         running: Vec::new(),
-        held: Vec::new(),
+        implicit_busy: false,
+        jobserver_failed: false,
         pending: None,
         waiting_since: None,
         seq: 0,
@@ -132,8 +142,9 @@ pub fn run(
 impl Drop for Supervisor<'_> {
     /// However the loop ends (an error, even a panic), every token still held goes back.
     fn drop(&mut self) {
-        self.running.clear();
-        self.rebalance();
+        for running in std::mem::take(&mut self.running) {
+            self.release(running.slot);
+        }
     }
 }
 
@@ -184,26 +195,25 @@ impl Supervisor<'_> {
                 wants.timeout = Some(LOAD_RECHECK);
                 break;
             }
-            if !self.take_slot() {
-                wants.token = self.pool.client.is_some();
+            let Some(slot) = self.take_slot() else {
+                wants.token = self.pool.client.is_some() && !self.jobserver_failed;
                 break;
-            }
+            };
             let mut job = self.pending.take().expect("a pending job");
             // The slot number is the lowest free one now that the job starts: it may have
             // waited for a token while other jobs ended.
-            let slot = self.free_slot();
-            if slot != job.slot {
-                job.slot = slot;
+            let number = self.free_slot();
+            if number != job.slot {
+                job.slot = number;
                 if self.plan.template.uses_slot() {
                     job.argv = self.plan.template.render(&Fill {
                         value: job.value.as_deref(),
                         seq: job.seq,
-                        slot,
+                        slot: number,
                     });
                 }
             }
-            self.spawn(job);
-            self.rebalance();
+            self.spawn(job, slot);
         }
         Ok(wants)
     }
@@ -269,41 +279,62 @@ impl Supervisor<'_> {
         sys::load_average().is_ok_and(|load| load >= limit)
     }
 
-    /// Makes sure a slot is free for one more job: the implicit slot, or a token read now.
-    fn take_slot(&mut self) -> bool {
-        if self.held.len() + self.pool.implicit > self.running.len() {
-            return true;
+    /// A slot for one more job: the implicit slot when free, else a token read now.
+    fn take_slot(&mut self) -> Option<Slot> {
+        if self.pool.implicit > 0 && !self.implicit_busy {
+            self.implicit_busy = true;
+            return Some(Slot::Implicit);
         }
-        let Some(client) = &self.pool.client else {
-            return false;
-        };
+        let client = self
+            .pool
+            .client
+            .as_ref()
+            .filter(|_| !self.jobserver_failed)?;
         match client.try_acquire() {
             Ok(Some(token)) => {
-                self.held.push(token);
                 self.report.token_acquired(self.waiting_since.take());
-                true
+                Some(Slot::Token(token))
             }
             Ok(None) => {
                 self.waiting_since.get_or_insert_with(Instant::now);
-                false
+                None
             }
             Err(e) => {
-                eprintln!(
-                    "jsrun: warning: jobserver {} failed ({e}); going on with the slots held",
-                    client.auth()
-                );
-                self.pool.client = None;
-                if self.pool.implicit == 0 && self.running.is_empty() && self.held.is_empty() {
-                    // No slot will ever come: nothing more can run.
+                self.jobserver_failed = true;
+                if self.pool.implicit == 0 && self.running.is_empty() {
+                    // No slot will ever come: nothing can run.
+                    eprintln!(
+                        "jsrun: error: jobserver {} failed ({e}) before any job could start",
+                        client.auth()
+                    );
                     self.halt = true;
                     self.first_failure.get_or_insert(Status::USAGE);
+                } else {
+                    eprintln!(
+                        "jsrun: warning: jobserver {} failed ({e}); going on with the slots held",
+                        client.auth()
+                    );
                 }
-                false
+                None
             }
         }
     }
 
-    fn spawn(&mut self, job: Job) {
+    /// Frees a job's slot: its token goes back, the implicit slot is marked free.
+    fn release(&mut self, slot: Slot) {
+        match slot {
+            Slot::Implicit => self.implicit_busy = false,
+            Slot::Token(token) => {
+                if let Some(client) = &self.pool.client {
+                    if let Err(e) = client.release(token) {
+                        eprintln!("jsrun: warning: cannot give a token back to the jobserver: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, job: Job, slot: Slot) {
         match self.try_spawn(&job) {
             Ok((pid, capture, started, started_at)) => {
                 if self.plan.verbose {
@@ -312,6 +343,7 @@ impl Supervisor<'_> {
                 self.running.push(Running {
                     pid,
                     job,
+                    slot,
                     started,
                     started_at,
                     capture,
@@ -326,10 +358,12 @@ impl Supervisor<'_> {
                         "jsrun: warning: cannot start a job now ({e}); waiting for running jobs to end"
                     );
                 }
+                self.release(slot);
                 self.short_of_resources = true;
                 self.pending = Some(job);
             }
             Err(e) => {
+                self.release(slot);
                 let status = jobs::spawn_error_status(&e);
                 eprintln!("jsrun: cannot run {}: {e}", job.argv[0].to_string_lossy());
                 self.finish(&job, None, status, None);
@@ -351,18 +385,6 @@ impl Supervisor<'_> {
         // `pipes` ends here: the child has its own copies, and ours would keep the
         // pipes from ever ending.
         Ok((pid, capture, started, started_at))
-    }
-
-    /// Writes back every token the running jobs no longer need.
-    fn rebalance(&mut self) {
-        while self.held.len() + self.pool.implicit > self.running.len() {
-            let Some(token) = self.held.pop() else { break };
-            if let Some(client) = &self.pool.client {
-                if let Err(e) = client.release(token) {
-                    eprintln!("jsrun: warning: cannot give a token back to the jobserver: {e}");
-                }
-            }
-        }
     }
 
     fn wait(&mut self, signals: &Signals, wants: &Wants) -> Result<()> {
@@ -454,6 +476,8 @@ impl Supervisor<'_> {
                 continue;
             };
             let mut done = self.running.swap_remove(i);
+            // The slot first: printing the job's output may take a while.
+            self.release(done.slot);
             self.short_of_resources = false;
             if let Some(capture) = done.capture.take() {
                 self.output.finish(capture, &done.job);
@@ -468,7 +492,6 @@ impl Supervisor<'_> {
                 status,
                 signal,
             );
-            self.rebalance();
         }
     }
 

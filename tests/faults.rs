@@ -755,7 +755,6 @@ fn pipe_server_names_the_tokens_a_killed_client_kept() {
 /// stack and writes back the last one read, `c`: the pool gets its bytes
 /// back in the end, but not each with the job that held it.
 #[test]
-#[ignore = "jsrun bug: a job's own byte is not the one written back when it ends"]
 fn the_byte_written_back_is_the_ending_jobs_own() {
     let sandbox = Sandbox::new();
     let pool = FifoJobserver::new(&sandbox, b"abc");

@@ -533,7 +533,6 @@ proptest! {
 /// also splits on a newline, so a `--jobserver=fifo:PATH` whose PATH holds a
 /// newline reaches the children cut at the newline.
 #[test]
-#[ignore = "jsrun bug: escape() leaves a newline in a fifo path unescaped"]
 fn escape_does_not_protect_a_newline_in_a_fifo_path() {
     let path = "/tmp/a\nb/fifo";
     let value = rewrite("", &format!("--jobserver-auth=fifo:{}", escape(path)));
@@ -549,7 +548,6 @@ fn escape_does_not_protect_a_newline_in_a_fifo_path() {
 /// under `--jobserver=AUTH` that is the jobserver word itself, and the
 /// children see no jobserver at all.
 #[test]
-#[ignore = "jsrun bug: rewrite() joins a trailing backslash with the next word"]
 fn rewrite_after_a_trailing_backslash_keeps_the_jobserver() {
     let value = rewrite("k -Ifoo\\", "--jobserver-auth=fifo:/d/fifo");
     let parsed = MakeFlags::parse(&value);
