@@ -746,14 +746,12 @@ fn pipe_server_names_the_tokens_a_killed_client_kept() {
 }
 
 // ---------------------------------------------------------------------------
-// Findings kept as failing tests (run with `--ignored`)
+// Regressions
 
 /// The contract: "the byte read is the byte written back when that child
 /// exits". Jobs 2, 3 and 4 take `a`, `b` and `c` in that order (a fifo
 /// gives bytes in the order they were written); when job 2 alone ends,
-/// the byte that goes back must be job 2's `a`. jsrun keeps its tokens on a
-/// stack and writes back the last one read, `c`: the pool gets its bytes
-/// back in the end, but not each with the job that held it.
+/// the byte that goes back must be job 2's `a`, not the last byte read.
 #[test]
 fn the_byte_written_back_is_the_ending_jobs_own() {
     let sandbox = Sandbox::new();

@@ -49,8 +49,8 @@ fn makeflags_text() -> impl Strategy<Value = String> {
     prop::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
 }
 
-/// A fifo path with blanks, tabs and backslashes in it, but no newline
-/// (see `escape_does_not_protect_a_newline_in_a_fifo_path`).
+/// A fifo path with blanks, tabs and backslashes in it (newlines have a test of
+/// their own: `escape_protects_a_newline_in_a_fifo_path`).
 fn fifo_path() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         3 => prop::sample::select(vec![" ", "  ", "\t", "\\", "\\ ", "/", "-", "--", "fifo:", ","])
@@ -527,13 +527,13 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Findings kept as failing tests (run with `--ignored`)
+// Regressions
 
-/// escape() protects blanks and backslashes, but MakeFlags::parse (like make)
-/// also splits on a newline, so a `--jobserver=fifo:PATH` whose PATH holds a
-/// newline reaches the children cut at the newline.
+/// MakeFlags::parse (like make) splits on a newline too, so escape() must
+/// protect one, or a `--jobserver=fifo:PATH` whose PATH holds a newline would
+/// reach the children cut at the newline.
 #[test]
-fn escape_does_not_protect_a_newline_in_a_fifo_path() {
+fn escape_protects_a_newline_in_a_fifo_path() {
     let path = "/tmp/a\nb/fifo";
     let value = rewrite("", &format!("--jobserver-auth=fifo:{}", escape(path)));
     assert_eq!(
@@ -544,9 +544,8 @@ fn escape_does_not_protect_a_newline_in_a_fifo_path() {
 }
 
 /// A MAKEFLAGS value that ends in a lone backslash (make never writes one,
-/// a user may) glues the backslash to the first word rewrite() appends:
-/// under `--jobserver=AUTH` that is the jobserver word itself, and the
-/// children see no jobserver at all.
+/// a user may) must not glue the backslash to the first word rewrite()
+/// appends: under `--jobserver=AUTH` that is the jobserver word itself.
 #[test]
 fn rewrite_after_a_trailing_backslash_keeps_the_jobserver() {
     let value = rewrite("k -Ifoo\\", "--jobserver-auth=fifo:/d/fifo");
