@@ -229,12 +229,12 @@ impl TryFrom<Cli> for Config {
             },
             None => None,
         };
-        if let Some(load) = cli.load_average {
-            if load.is_nan() || load <= 0.0 {
-                return Err(format!(
-                    "invalid --load-average '{load}': give a positive number"
-                ));
-            }
+        if let Some(load) = cli.load_average
+            && (load.is_nan() || load <= 0.0)
+        {
+            return Err(format!(
+                "invalid --load-average '{load}': give a positive number"
+            ));
         }
         let jobs = cli.jobs.map(|n| match n {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -65,11 +65,11 @@ impl MakeFlags {
         let mut flags = MakeFlags::default();
         let words = split(value);
         let mut iter = words.iter().map(|w| w.text.as_str()).peekable();
-        if let Some(first) = iter.peek() {
-            if !first.starts_with('-') {
-                flags.letters = first.to_string();
-                iter.next();
-            }
+        if let Some(first) = iter.peek()
+            && !first.starts_with('-')
+        {
+            flags.letters = first.to_string();
+            iter.next();
         }
         while let Some(word) = iter.next() {
             if word == "--" {
@@ -181,11 +181,11 @@ pub fn rewrite(value: &str, extra: &str) -> String {
     let words = split(value);
     let mut iter = words.iter().peekable();
     let mut letters = "";
-    if let Some(first) = iter.peek() {
-        if !first.text.starts_with('-') {
-            letters = &first.raw;
-            iter.next();
-        }
+    if let Some(first) = iter.peek()
+        && !first.text.starts_with('-')
+    {
+        letters = &first.raw;
+        iter.next();
     }
     let mut kept: Vec<&str> = vec![letters];
     let mut vars: Vec<&str> = Vec::new();

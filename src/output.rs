@@ -160,13 +160,13 @@ impl Capture {
 
 /// Job mode: keep in memory up to the limit, then move everything to an unlinked file.
 fn keep(stream: &mut Stream, data: &[u8]) {
-    if stream.spill.is_none() && stream.kept.len() + data.len() > MEMORY_LIMIT {
-        if let Ok(mut file) = tempfile::tempfile() {
-            if file.write_all(&stream.kept).is_ok() {
-                stream.kept.clear();
-                stream.spill = Some(file);
-            }
-        }
+    if stream.spill.is_none()
+        && stream.kept.len() + data.len() > MEMORY_LIMIT
+        && let Ok(mut file) = tempfile::tempfile()
+        && file.write_all(&stream.kept).is_ok()
+    {
+        stream.kept.clear();
+        stream.spill = Some(file);
     }
     let spilled = match &mut stream.spill {
         Some(file) => file.write_all(data).is_ok(),

@@ -165,10 +165,10 @@ impl Report {
 
     /// Ends the trace file and the progress line.
     pub fn close(&mut self) {
-        if let Some(trace) = self.trace.take() {
-            if let Err(e) = trace.close() {
-                eprintln!("jsrun: warning: cannot write the trace file: {e}");
-            }
+        if let Some(trace) = self.trace.take()
+            && let Err(e) = trace.close()
+        {
+            eprintln!("jsrun: warning: cannot write the trace file: {e}");
         }
         if self.progress.take().is_some() {
             eprint!("\r\x1b[K");

@@ -123,10 +123,10 @@ fn execute(config: Config) -> Result<Status> {
         shell_lines,
     };
     let outcome = supervise::run(plan, &mut pool, &signals, &mut report, &mut output);
-    if let (Some(server), Some(client)) = (&server, &pool.client) {
-        if let Some(warning) = server.count_tokens(client) {
-            eprintln!("jsrun: warning: {warning}");
-        }
+    if let (Some(server), Some(client)) = (&server, &pool.client)
+        && let Some(warning) = server.count_tokens(client)
+    {
+        eprintln!("jsrun: warning: {warning}");
     }
     // Removes the fifo and its directory.
     drop(server);

@@ -252,10 +252,10 @@ impl Supervisor<'_> {
     /// Finds the program before any token is taken for it: 127 not found, 126 not
     /// executable.
     fn resolve(&mut self, name: &OsStr) -> Result<PathBuf, Status> {
-        if let Some((cached, result)) = &self.resolved {
-            if cached == name {
-                return result.clone();
-            }
+        if let Some((cached, result)) = &self.resolved
+            && cached == name
+        {
+            return result.clone();
         }
         let result = jobs::resolve(name);
         if self.plan.template.constant_program().is_some() {
@@ -325,10 +325,10 @@ impl Supervisor<'_> {
         match slot {
             Slot::Implicit => self.implicit_busy = false,
             Slot::Token(token) => {
-                if let Some(client) = &self.pool.client {
-                    if let Err(e) = client.release(token) {
-                        eprintln!("jsrun: warning: cannot give a token back to the jobserver: {e}");
-                    }
+                if let Some(client) = &self.pool.client
+                    && let Err(e) = client.release(token)
+                {
+                    eprintln!("jsrun: warning: cannot give a token back to the jobserver: {e}");
                 }
             }
         }
@@ -441,12 +441,10 @@ impl Supervisor<'_> {
                 self.output.drain(capture, &running.job);
             }
         }
-        if source_ready {
-            if let Err(e) = self.plan.source.fill() {
-                eprintln!("jsrun: cannot read the job list: {e}");
-                self.source_done = true;
-                self.first_failure.get_or_insert(Status::USAGE);
-            }
+        if source_ready && let Err(e) = self.plan.source.fill() {
+            eprintln!("jsrun: cannot read the job list: {e}");
+            self.source_done = true;
+            self.first_failure.get_or_insert(Status::USAGE);
         }
         while let Some(sig) = signals.next()? {
             match sig {

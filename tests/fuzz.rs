@@ -368,23 +368,23 @@ fn reference_render(arg: &[u8], value: &[u8], seq: u64, slot: usize) -> Vec<u8> 
     let mut out = Vec::new();
     let mut i = 0;
     while i < arg.len() {
-        if arg[i] == b'{' {
-            if let Some(len) = arg[i..].iter().position(|&b| b == b'}') {
-                let replacement: Option<&[u8]> = match &arg[i..=i + len] {
-                    b"{}" => Some(value),
-                    b"{.}" => Some(&no_ext),
-                    b"{/}" => Some(base),
-                    b"{//}" => Some(dirname),
-                    b"{/.}" => Some(base_no_ext),
-                    b"{#}" => Some(&seq),
-                    b"{%}" => Some(&slot),
-                    _ => None,
-                };
-                if let Some(replacement) = replacement {
-                    out.extend_from_slice(replacement);
-                    i += len + 1;
-                    continue;
-                }
+        if arg[i] == b'{'
+            && let Some(len) = arg[i..].iter().position(|&b| b == b'}')
+        {
+            let replacement: Option<&[u8]> = match &arg[i..=i + len] {
+                b"{}" => Some(value),
+                b"{.}" => Some(&no_ext),
+                b"{/}" => Some(base),
+                b"{//}" => Some(dirname),
+                b"{/.}" => Some(base_no_ext),
+                b"{#}" => Some(&seq),
+                b"{%}" => Some(&slot),
+                _ => None,
+            };
+            if let Some(replacement) = replacement {
+                out.extend_from_slice(replacement);
+                i += len + 1;
+                continue;
             }
         }
         out.push(arg[i]);
