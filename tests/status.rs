@@ -154,3 +154,28 @@ fn jsrun_terminated_dies_of_sigterm() {
     running.signal(libc::SIGTERM);
     running.wait().killed_by(libc::SIGTERM);
 }
+
+/// With no COMMAND and stdin a terminal, jsrun would wait for command lines
+/// nobody types: it prints a hint and exits 125 instead. `script` (util-linux)
+/// gives it a terminal.
+#[test]
+fn no_command_on_a_terminal_prints_a_hint_instead_of_waiting() {
+    let sandbox = Sandbox::new();
+    let jsrun = util::jsrun_bin();
+    let output = sandbox
+        .command("script")
+        .args([
+            "-q",
+            "-e",
+            "-c",
+            &format!("'{}'", jsrun.display()),
+            "/dev/null",
+        ])
+        .run();
+    output.code(125);
+    assert!(
+        output.stdout.contains("stdin is a terminal"),
+        "no hint\n{}",
+        output.report()
+    );
+}
