@@ -426,8 +426,8 @@ Where jsrun creates the private directory of its fifo (when it holds no blanks).
 In a Makefile recipe (the + lets make pass its jobserver):
 .B +jsrun gzip {} ::: *.log
 .TP
-One budget of 16 slots for emerge and every build it starts:
-.B jsrun \-j16 emerge \-uDN @world
+One budget of 16 slots for emerge and every build it starts (Portage >= 3.0.76; the group lets Portage's build user open the fifo):
+.B FEATURES=jobserver\-token jsrun \-j16 \-\-jobserver\-group=portage emerge \-uDN @world
 .TP
 A jobserver for cargo or make, sized to the machine:
 .B jsrun \-j \-\- cargo build
