@@ -106,10 +106,6 @@ pub struct Cli {
     #[arg(long)]
     pub progress: bool,
 
-    /// Print a completion script for SHELL and exit.
-    #[arg(long, value_name = "SHELL", hide = true)]
-    pub completions: Option<clap_complete::Shell>,
-
     /// Print the jobserver jsrun would use, and exit.
     #[arg(long)]
     pub info: bool,
@@ -177,10 +173,6 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status
         }
         Status::USAGE
     })?;
-    if let Some(shell) = cli.completions {
-        clap_complete::generate(shell, &mut Cli::command(), "jsrun", &mut std::io::stdout());
-        return Err(Status::SUCCESS);
-    }
     Config::try_from(cli).map_err(|message| {
         let mut cmd = Cli::command();
         let _ = cmd
@@ -212,8 +204,7 @@ impl TryFrom<Cli> for Config {
 
     fn try_from(cli: Cli) -> Result<Config, String> {
         let (command, input) = split_input(cli.command)?;
-        let needs_no_command = cli.info || cli.completions.is_some();
-        if input == Input::StdinCommands && std::io::stdin().is_terminal() && !needs_no_command {
+        if input == Input::StdinCommands && std::io::stdin().is_terminal() && !cli.info {
             return Err("no COMMAND given, and stdin is a terminal: give a command \
                  (jsrun [OPTIONS] COMMAND ...) or pipe command lines into jsrun"
                 .into());
@@ -450,34 +441,55 @@ What jobserver would jsrun use here?
 .BR xargs (1)
 "#;
 
+/// `man/jsrun.1` and `completions/*`, generated from [`Cli`] by the tests below and
+/// checked in, so the binary carries no generator.
 #[cfg(test)]
-mod man_page {
+mod generated {
     use super::*;
+    use std::path::Path;
 
     /// The man page as the CLI definition renders it today.
-    fn render() -> String {
+    fn man_page() -> Vec<u8> {
         let mut out = Vec::new();
         clap_mangen::Man::new(Cli::command())
             .render(&mut out)
             .expect("render the man page");
-        let mut page = String::from_utf8(out).expect("utf-8 man page");
-        page.push_str(MAN_EXTRA);
-        page
+        out.extend_from_slice(MAN_EXTRA.as_bytes());
+        out
     }
 
-    /// Fails when `man/jsrun.1` is out of date; `JSRUN_UPDATE_MAN=1 cargo test man_page`
+    fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "jsrun", &mut out);
+        out
+    }
+
+    /// Fails when `file` differs from `want`; `JSRUN_UPDATE_DOCS=1 cargo test generated`
     /// rewrites it.
-    #[test]
-    fn man_page_matches_the_cli() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/jsrun.1");
-        let want = render();
-        if std::env::var_os("JSRUN_UPDATE_MAN").is_some() {
-            std::fs::write(&path, &want).expect("write man/jsrun.1");
+    #[track_caller]
+    fn check(file: &str, want: &[u8]) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        if std::env::var_os("JSRUN_UPDATE_DOCS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, want).unwrap();
         }
-        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        let have = std::fs::read(&path).unwrap_or_default();
         assert!(
             have == want,
-            "man/jsrun.1 is out of date: run JSRUN_UPDATE_MAN=1 cargo test man_page"
+            "{file} is out of date: run JSRUN_UPDATE_DOCS=1 cargo test generated"
         );
+    }
+
+    #[test]
+    fn man_page_matches_the_cli() {
+        check("man/jsrun.1", &man_page());
+    }
+
+    #[test]
+    fn completions_match_the_cli() {
+        use clap_complete::Shell;
+        check("completions/jsrun.bash", &completion(Shell::Bash));
+        check("completions/_jsrun", &completion(Shell::Zsh));
+        check("completions/jsrun.fish", &completion(Shell::Fish));
     }
 }
