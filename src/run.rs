@@ -42,19 +42,29 @@ fn jobserver_from_env() -> Option<(&'static str, Auth)> {
 }
 
 fn execute(config: Config) -> Result<Status> {
-    let makeflags = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default());
-    let (template, source, shell_lines) = jobs_of(&config)?;
+    // Inherited jobserver fds are checked before jsrun opens any file of its own, which
+    // could otherwise take the number of a closed one.
     if config.info {
         return Ok(print_info(&config));
     }
-    if config.dry_run || makeflags.dry_run() {
+    let makeflags = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default());
+    let dry_run = config.dry_run || makeflags.dry_run();
+    let inherited = match (&config.jobserver, dry_run) {
+        (None, false) => jobserver_from_env().map(|(var, auth)| {
+            let client = Client::open(&auth);
+            (var, auth, client)
+        }),
+        _ => None,
+    };
+    let (template, source, shell_lines) = jobs_of(&config)?;
+    if dry_run {
         return print_jobs(&template, source, shell_lines);
     }
     // Signals are blocked from here on and read in the loop, so an interrupt at any
     // point still removes the fifo and gives every token back.
     let signals = Signals::new().context("cannot set up signal handling")?;
     let mut server = None;
-    let (mut pool, cap) = match (&config.jobserver, jobserver_from_env()) {
+    let (mut pool, cap) = match (&config.jobserver, inherited) {
         (Some(auth), _) => {
             let client =
                 Client::open(auth).with_context(|| format!("cannot use --jobserver={auth}"))?;
@@ -67,7 +77,7 @@ fn execute(config: Config) -> Result<Status> {
             };
             (pool, config.jobs.unwrap_or(usize::MAX))
         }
-        (None, Some((var, auth))) => match Client::open(&auth) {
+        (None, Some((var, auth, client))) => match client {
             Ok(client) => {
                 let pool = Pool {
                     client: Some(client),

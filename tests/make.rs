@@ -196,3 +196,23 @@ fn sub_makes_under_jsrun_share_the_outer_pool() {
     assert_eq!(log.finished().len(), 8, "{}", log.dump());
     assert_eq!(log.peak(), 4, "{}\n{}", log.dump(), output.report());
 }
+
+/// make 4.3 closes fds 3 and 4 in a recipe without `+`. jsrun checks them
+/// before it opens anything of its own (here the `::::` value file), so the
+/// warning names the closed fd instead of a file that took its number.
+#[test]
+fn make43_closed_fds_are_named_even_with_a_value_file() {
+    let sandbox = Sandbox::new();
+    let values_file = sandbox.write("values.txt", "1\n2\n");
+    let probe = sandbox.probe().id("{}");
+    let recipe = format!(
+        "{} {} :::: {}",
+        shell_words(&[util::path_str(&util::jsrun_bin())]),
+        probe.shell(),
+        util::path_str(&values_file)
+    );
+    makefile(&sandbox, &[("run", recipe)]);
+    let output = sandbox.command(make43()).arg("-j4").run();
+    output.success().stderr_contains("fd 3 is closed");
+    assert_eq!(sandbox.log().finished().len(), 2);
+}
