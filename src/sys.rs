@@ -113,7 +113,7 @@ pub const HANDLED: [Signal; 4] = [
 ];
 
 /// A signalfd for [`HANDLED`]. Creating it blocks those signals in jsrun; children start
-/// with an empty mask again (std's spawn resets it), so they see signals normally.
+/// with an empty mask again (see `spawn`), so they see signals normally.
 pub struct Signals {
     fd: SignalFd,
 }
