@@ -613,6 +613,20 @@ fn make_killed_under_a_running_jsrun() {
         .env("TMPDIR", sandbox.path())
         .spawn();
     make.wait_until("4 jobs to run", || entries(&barrier) == 4);
+    let pool = kill_make_keeping_its_fifo(&sandbox, make);
+    release(&barrier);
+    let status = sandbox.join("status");
+    wait_until("jsrun to finish", || status.exists());
+    let log = sandbox.log();
+    assert_eq!(fs::read_to_string(&status).unwrap().trim(), "0");
+    assert_eq!(log.finished(), values(8), "{}", log.dump());
+    assert_eq!(log.peak(), 4, "{}", log.dump());
+    assert_eq!(pool.drain(), b"+++");
+}
+
+/// Opens the fifo job 1 saw in MAKEFLAGS (so the test can count it later),
+/// then SIGKILLs make, which leaves that fifo behind.
+fn kill_make_keeping_its_fifo(sandbox: &Sandbox, make: util::Running) -> FifoJobserver {
     let makeflags = Seen::read(&sandbox.join("seen-1"))
         .var("MAKEFLAGS")
         .expect("MAKEFLAGS");
@@ -622,14 +636,7 @@ fn make_killed_under_a_running_jsrun() {
     let pool = FifoJobserver::open_existing(fifo);
     make.signal(libc::SIGKILL);
     make.wait().killed_by(libc::SIGKILL);
-    release(&barrier);
-    let status = sandbox.join("status");
-    wait_until("jsrun to finish", || status.exists());
-    let log = sandbox.log();
-    assert_eq!(fs::read_to_string(&status).unwrap().trim(), "0");
-    assert_eq!(log.finished(), values(8), "{}", log.dump());
-    assert_eq!(log.peak(), 4, "{}", log.dump());
-    assert_eq!(pool.drain(), b"+++");
+    pool
 }
 
 /// Worse: make dies while its other recipes hold all three tokens and
@@ -675,15 +682,7 @@ fn make_killed_while_jsrun_waits_for_a_token() {
         .env("TMPDIR", sandbox.path())
         .spawn();
     make.wait_until("job 1 to run", || entries(&jobs_barrier) == 1);
-    let makeflags = Seen::read(&sandbox.join("seen-1"))
-        .var("MAKEFLAGS")
-        .expect("MAKEFLAGS");
-    let fifo = jobserver_auth(&makeflags)
-        .and_then(|auth| auth.strip_prefix("fifo:").map(PathBuf::from))
-        .unwrap_or_else(|| panic!("no fifo in {makeflags:?}"));
-    let pool = FifoJobserver::open_existing(fifo);
-    make.signal(libc::SIGKILL);
-    make.wait().killed_by(libc::SIGKILL);
+    let pool = kill_make_keeping_its_fifo(&sandbox, make);
     release(&jobs_barrier);
     let status = sandbox.join("status");
     wait_until("jsrun to finish", || status.exists());
