@@ -8,11 +8,11 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use util::{
-    FifoJobserver, PipeJobserver, Sandbox, Seen, entries, example, is_root, jobserver_auth, make44,
-    path_str, process_gone, shell_words, sorted, values, wait_until,
+    FifoJobserver, PipeJobserver, Sandbox, Seen, entries, example, is_root, make44, path_str,
+    process_gone, shell_words, sorted, values, wait_until,
 };
 
 /// Releases a barrier that waits for one more marker than the jobs bring.
@@ -627,13 +627,7 @@ fn make_killed_under_a_running_jsrun() {
 /// Opens the fifo job 1 saw in MAKEFLAGS (so the test can count it later),
 /// then SIGKILLs make, which leaves that fifo behind.
 fn kill_make_keeping_its_fifo(sandbox: &Sandbox, make: util::Running) -> FifoJobserver {
-    let makeflags = Seen::read(&sandbox.join("seen-1"))
-        .var("MAKEFLAGS")
-        .expect("MAKEFLAGS");
-    let fifo = jobserver_auth(&makeflags)
-        .and_then(|auth| auth.strip_prefix("fifo:").map(PathBuf::from))
-        .unwrap_or_else(|| panic!("no fifo in {makeflags:?}"));
-    let pool = FifoJobserver::open_existing(fifo);
+    let pool = FifoJobserver::open_existing(Seen::read(&sandbox.join("seen-1")).fifo());
     make.signal(libc::SIGKILL);
     make.wait().killed_by(libc::SIGKILL);
     pool

@@ -14,14 +14,6 @@ use std::time::Duration;
 
 use util::{FifoJobserver, PipeJobserver, Sandbox, Seen, entries, jobserver_auth, values};
 
-/// The fifo a job was given, from its MAKEFLAGS.
-fn fifo_of(seen: &Seen) -> PathBuf {
-    let makeflags = seen.var("MAKEFLAGS").expect("MAKEFLAGS");
-    jobserver_auth(&makeflags)
-        .and_then(|auth| auth.strip_prefix("fifo:").map(PathBuf::from))
-        .unwrap_or_else(|| panic!("no fifo in {makeflags:?}"))
-}
-
 /// Runs `jsrun ARGS -- probe` whose probe dumps its environment and waits
 /// at a barrier; returns the dump and the fifo while jsrun still runs, then
 /// lets it finish and returns its output too.
@@ -56,7 +48,7 @@ fn server_fifo_is_0600_in_a_fresh_0700_directory_of_its_own() {
     let mut fifo = PathBuf::new();
     let cmd = sandbox.jsrun().env("TMPDIR", &tmp).arg("-j3");
     let output = with_running_server(&sandbox, cmd, |seen| {
-        fifo = fifo_of(seen);
+        fifo = seen.fifo();
         let meta = fs::symlink_metadata(&fifo).unwrap();
         assert!(meta.file_type().is_fifo(), "{}", fifo.display());
         assert_eq!(meta.mode() & 0o7777, 0o600, "{}", fifo.display());
@@ -98,7 +90,7 @@ fn jobserver_group_opens_the_fifo_to_that_group_only() {
         .arg("-j3")
         .arg(format!("--jobserver-group={gid}"));
     let output = with_running_server(&sandbox, cmd, |seen| {
-        let fifo = fifo_of(seen);
+        let fifo = seen.fifo();
         let meta = fs::symlink_metadata(&fifo).unwrap();
         assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
         let meta = fs::symlink_metadata(fifo.parent().unwrap()).unwrap();
@@ -167,7 +159,7 @@ fn pre_created_entries_and_symlinks_in_tmpdir_cannot_redirect_the_fifo() {
     let cmd = sandbox.jsrun().env("TMPDIR", &tmp).arg("-j3");
     let mut fifo = PathBuf::new();
     let output = with_running_server(&sandbox, cmd, |seen| {
-        fifo = fifo_of(seen);
+        fifo = seen.fifo();
         let dir = fifo.parent().unwrap();
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
@@ -198,7 +190,7 @@ fn unusable_tmpdir_falls_back_to_tmp() {
     for tmpdir in [blank.as_os_str(), "relative/dir".as_ref()] {
         let cmd = sandbox.jsrun().env("TMPDIR", tmpdir).arg("-j2");
         let output = with_running_server(&sandbox, cmd, |seen| {
-            let fifo = fifo_of(seen);
+            let fifo = seen.fifo();
             assert_eq!(
                 fifo.parent().and_then(Path::parent),
                 Some(Path::new("/tmp")),

@@ -6,7 +6,7 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use util::{Sandbox, Seen, jobserver_auth, make43, make44, makeflags_words, ninja, values};
 
@@ -153,16 +153,6 @@ fn crate_client_takes_two_tokens_from_a_pipe_pool() {
     crate_client_takes_two_tokens(&["--jobserver-style=pipe"]);
 }
 
-/// The fifo path a child was given, from its MAKEFLAGS.
-fn fifo_path(seen: &Seen) -> PathBuf {
-    let makeflags = seen.var("MAKEFLAGS").expect("child has MAKEFLAGS");
-    let auth = jobserver_auth(&makeflags).expect("child has --jobserver-auth");
-    PathBuf::from(
-        auth.strip_prefix("fifo:")
-            .unwrap_or_else(|| panic!("not a fifo: {makeflags:?}")),
-    )
-}
-
 /// Starts `jsrun -j3 -- probe` whose probe dumps what it sees, then waits at
 /// a barrier until the test adds the second marker.
 fn start_held_probe(sandbox: &Sandbox, jsrun_args: &[&str]) -> (util::Running, Seen) {
@@ -218,7 +208,7 @@ fn fifo_is_private_advertised_and_removed_at_exit() {
     let sandbox = Sandbox::new();
     let (running, seen) = start_held_probe(&sandbox, &["-j3"]);
     let makeflags = seen.var("MAKEFLAGS").unwrap();
-    let fifo = fifo_path(&seen);
+    let fifo = seen.fifo();
     assert!(
         makeflags.ends_with(&format!(" -j3 --jobserver-auth=fifo:{}", fifo.display())),
         "MAKEFLAGS={makeflags:?}"
@@ -237,7 +227,7 @@ fn fifo_is_private_advertised_and_removed_at_exit() {
 fn fifo_is_removed_when_jsrun_is_terminated() {
     let sandbox = Sandbox::new();
     let (running, seen) = start_held_probe(&sandbox, &["-j3"]);
-    let fifo = fifo_path(&seen);
+    let fifo = seen.fifo();
     assert_private_fifo(&fifo);
     running.signal(libc::SIGTERM);
     running.wait().killed_by(libc::SIGTERM);
@@ -324,7 +314,7 @@ fn children_get_a_clean_makeflags() {
         !words.contains(&"-j7".to_owned()),
         "MAKEFLAGS={makeflags:?}"
     );
-    let fifo = fifo_path(&seen);
+    let fifo = seen.fifo();
     assert!(
         makeflags.ends_with(&format!(" -j3 --jobserver-auth=fifo:{}", fifo.display())),
         "MAKEFLAGS={makeflags:?}"

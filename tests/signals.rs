@@ -5,9 +5,8 @@
 mod util;
 
 use std::fs;
-use std::path::PathBuf;
 
-use util::{FifoJobserver, Sandbox, Seen, sorted, values, wait_until};
+use util::{FifoJobserver, Sandbox, Seen, entries, sorted, values, wait_until};
 
 /// A process is gone once /proc forgets it or it is a zombie.
 fn gone(pid: u32) -> bool {
@@ -36,9 +35,7 @@ fn interrupted_client(signal: i32) {
         .arg(":::")
         .args(values(6))
         .spawn();
-    running.wait_until("4 jobs to run", || {
-        fs::read_dir(&barrier).map(|it| it.count()).unwrap_or(0) == 4
-    });
+    running.wait_until("4 jobs to run", || entries(&barrier) == 4);
     running.signal(signal);
     let output = running.wait();
     output.killed_by(signal);
@@ -98,16 +95,8 @@ fn interrupted_server(signal: i32) {
         .arg(":::")
         .args(values(3))
         .spawn();
-    running.wait_until("3 jobs to run", || {
-        fs::read_dir(&barrier).map(|it| it.count()).unwrap_or(0) == 3
-    });
-    let seen = Seen::read(&sandbox.join("seen-1"));
-    let makeflags = seen.var("MAKEFLAGS").expect("MAKEFLAGS");
-    let fifo = PathBuf::from(
-        util::jobserver_auth(&makeflags)
-            .and_then(|auth| auth.strip_prefix("fifo:").map(str::to_owned))
-            .unwrap_or_else(|| panic!("no fifo in {makeflags:?}")),
-    );
+    running.wait_until("3 jobs to run", || entries(&barrier) == 3);
+    let fifo = Seen::read(&sandbox.join("seen-1")).fifo();
     assert!(fifo.exists());
     running.signal(signal);
     let output = running.wait();

@@ -1006,6 +1006,15 @@ impl Seen {
             .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
     }
 
+    /// The fifo named by the last `--jobserver-auth=` of the MAKEFLAGS seen.
+    #[track_caller]
+    pub fn fifo(&self) -> PathBuf {
+        let makeflags = self.var("MAKEFLAGS").expect("MAKEFLAGS");
+        jobserver_auth(&makeflags)
+            .and_then(|auth| auth.strip_prefix("fifo:").map(PathBuf::from))
+            .unwrap_or_else(|| panic!("no fifo in {makeflags:?}"))
+    }
+
     /// Open descriptors: (fd, target, flags).
     pub fn fds(&self) -> Vec<(i32, String, String)> {
         self.text
