@@ -169,7 +169,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status
             return Status::SUCCESS;
         }
         if e.kind() == clap::error::ErrorKind::ValueValidation && e.to_string().contains("--jobs") {
-            eprintln!("tip: -j takes a number; for all CPUs before a command write: -j -- COMMAND");
+            crate::say!(
+                "tip: -j takes a number; for all CPUs before a command write: -j -- COMMAND"
+            );
         }
         Status::USAGE
     })?;

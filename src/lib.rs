@@ -4,6 +4,9 @@
 //! [`client`] and [`server`] (the jobserver), [`jobs`] (what to run), [`supervise`] (the
 //! poll loop), [`output`] and [`report`] (what the user sees), [`status`] and [`sys`].
 
+// Printing must never panic: see `say`.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod cli;
 pub mod client;
 pub mod jobs;
@@ -11,6 +14,7 @@ pub mod makeflags;
 pub mod output;
 pub mod report;
 pub mod run;
+pub mod say;
 pub mod server;
 pub mod spawn;
 pub mod status;

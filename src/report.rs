@@ -154,7 +154,7 @@ impl Report {
             );
             // One row at a time on disk, so the log is useful while jobs still run.
             if row.and_then(|()| log.flush()).is_err() {
-                eprintln!("jsrun: warning: cannot write the job log; it stops here");
+                crate::say!("jsrun: warning: cannot write the job log; it stops here");
                 self.joblog = None;
             }
         }
@@ -168,10 +168,10 @@ impl Report {
         if let Some(trace) = self.trace.take()
             && let Err(e) = trace.close()
         {
-            eprintln!("jsrun: warning: cannot write the trace file: {e}");
+            crate::say!("jsrun: warning: cannot write the trace file: {e}");
         }
         if self.progress.take().is_some() {
-            eprint!("\r\x1b[K");
+            crate::say::stderr(format_args!("\r\x1b[K"));
         }
     }
 
@@ -186,7 +186,7 @@ impl Report {
         } else {
             0.0
         };
-        eprintln!(
+        crate::say!(
             "jsrun: {} jobs, {} failed, {:.3}s wall, peak {} of {} slots, {} tokens acquired, \
              {:.3}s waiting for tokens (longest {:.3}s), slot utilisation {:.0}%",
             s.jobs,
@@ -276,10 +276,10 @@ struct Progress {
 impl Progress {
     fn draw(&self, stats: &Stats) {
         let total = self.total.map_or(String::new(), |t| format!("/{t}"));
-        eprint!(
+        crate::say::stderr(format_args!(
             "\r\x1b[Kjsrun: {}{total} done, {} failed, {} running",
             stats.jobs, stats.failed, self.running
-        );
+        ));
     }
 }
 

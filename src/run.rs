@@ -2,7 +2,9 @@
 //! supervision loop, report, clean up.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::fs::File;
+use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -15,6 +17,7 @@ use crate::jobs::{self, Job};
 use crate::makeflags::{Auth, MakeFlags};
 use crate::output::Output;
 use crate::report::{Report, Sinks};
+use crate::say;
 use crate::server::{self, Server, Style};
 use crate::status::{self, Status};
 use crate::supervise::{self, Plan, Pool};
@@ -28,7 +31,11 @@ const JOBSERVER_VARS: [&str; 3] = ["MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"];
 
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Status {
     match cli::parse(args) {
-        Ok(config) => execute(config).unwrap_or_else(|err| status::report(&err)),
+        // A closed stdout ends jsrun quietly, as it ends `seq` or `cat`.
+        Ok(config) => execute(config).unwrap_or_else(|err| match say::is_broken_pipe(&err) {
+            true => Status::BROKEN_PIPE,
+            false => status::report(&err),
+        }),
         Err(status) => status,
     }
 }
@@ -45,7 +52,7 @@ fn execute(config: Config) -> Result<Status> {
     // Inherited jobserver fds are checked before jsrun opens any file of its own, which
     // could otherwise take the number of a closed one.
     if config.info {
-        return Ok(print_info(&config));
+        return print_info(&config);
     }
     let makeflags = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default());
     let dry_run = config.dry_run || makeflags.dry_run();
@@ -96,7 +103,7 @@ fn execute(config: Config) -> Result<Status> {
                     Auth::Pipe { .. } | Auth::Disabled => " Add '+' to the parent make rule.",
                     _ => "",
                 };
-                eprintln!(
+                crate::say!(
                     "jsrun: warning: jobserver unavailable: {e:#} ({var} has \
                      --jobserver-auth={auth}); {fallback}.{hint}"
                 );
@@ -136,7 +143,7 @@ fn execute(config: Config) -> Result<Status> {
     if let (Some(server), Some(client)) = (&server, &pool.client)
         && let Some(warning) = server.count_tokens(client)
     {
-        eprintln!("jsrun: warning: {warning}");
+        crate::say!("jsrun: warning: {warning}");
     }
     // Removes the fifo and its directory.
     drop(server);
@@ -172,7 +179,7 @@ fn serve_or_alone(
         Server::create(style, n, config.jobserver_group).context("cannot create a jobserver")?;
     export(&created.makeflags_words());
     if config.verbose {
-        eprintln!(
+        crate::say!(
             "jsrun: serving {n} slots through --jobserver-auth={}",
             created.auth()
         );
@@ -210,7 +217,7 @@ fn default_style(template: &Template, verbose: bool) -> Style {
     match version {
         Some(v) if v < (4, 4) => {
             if verbose {
-                eprintln!(
+                crate::say!(
                     "jsrun: {} is GNU make {}.{}, which only knows pipe jobservers: \
                      using --jobserver-style=pipe",
                     path.display(),
@@ -282,6 +289,7 @@ fn jobs_of(config: &Config) -> Result<(Template, Source, bool)> {
 
 /// `-n`: print each command, run nothing.
 fn print_jobs(template: &Template, mut source: Source, shell_lines: bool) -> Result<Status> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut seq = 0;
     loop {
         match source.next_job() {
@@ -293,41 +301,56 @@ fn print_jobs(template: &Template, mut source: Source, shell_lines: bool) -> Res
                     slot: 1,
                 };
                 let job = Job::new(seq, 1, template.render(&fill), value, shell_lines);
-                println!("{}", job.display());
+                writeln!(out, "{}", job.display())?;
             }
             // Nothing runs, so a blocking read is fine here.
             Next::Wait => source.fill().context("cannot read the job list")?,
-            Next::Done => return Ok(Status::SUCCESS),
+            Next::Done => {
+                out.flush()?;
+                return Ok(Status::SUCCESS);
+            }
         }
     }
 }
 
 /// `--info`: the jobserver jsrun would use. Exit 0 when usable, 1 when not.
-fn print_info(config: &Config) -> Status {
+fn print_info(config: &Config) -> Result<Status> {
+    let mut text = String::new();
+    let status = describe_jobserver(config, &mut text);
+    say::stdout(&text)?;
+    Ok(status)
+}
+
+/// The lines of `--info`, into `out`; the status says whether the jobserver is usable.
+fn describe_jobserver(config: &Config, out: &mut String) -> Status {
+    // Writing into a String cannot fail.
+    macro_rules! put {
+        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
+    }
     let (source, auth, implicit) = match (&config.jobserver, jobserver_from_env()) {
         (Some(auth), _) => ("--jobserver", Some(auth.clone()), false),
         (None, Some((var, auth))) => (var, Some(auth), true),
         (None, None) => ("none", None, false),
     };
-    println!("source: {source}");
+    put!("source: {source}");
     let jobs = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default()).jobs;
     match jobs {
-        Some(Some(n)) => println!("make -j: {n}"),
-        Some(None) => println!("make -j: unlimited"),
-        None => println!("make -j: none"),
+        Some(Some(n)) => put!("make -j: {n}"),
+        Some(None) => put!("make -j: unlimited"),
+        None => put!("make -j: none"),
     }
     if let Some(n) = config.jobs {
-        println!("jsrun -j: {n}");
+        put!("jsrun -j: {n}");
     }
     let Some(auth) = auth else {
         // With -jN jsrun would serve a jobserver of its own: that one is usable.
         return match config.jobs {
             Some(n) => {
-                println!("jsrun would create a jobserver with {n} slots");
+                put!("jsrun would create a jobserver with {n} slots");
                 Status::SUCCESS
             }
             None => {
-                println!("jsrun would run one job at a time");
+                put!("jsrun would run one job at a time");
                 Status::Code(1)
             }
         };
@@ -338,20 +361,20 @@ fn print_info(config: &Config) -> Status {
         Auth::Disabled => "disabled",
         Auth::Unknown(_) => "unknown",
     };
-    println!("style: {style}");
-    println!("auth: {auth}");
-    println!("implicit slot: {}", if implicit { "yes" } else { "no" });
+    put!("style: {style}");
+    put!("auth: {auth}");
+    put!("implicit slot: {}", if implicit { "yes" } else { "no" });
     match Client::open(&auth) {
         Ok(client) => {
-            println!("usable: yes");
+            put!("usable: yes");
             match client.available() {
-                Ok(n) => println!("free tokens: {n}"),
-                Err(e) => println!("free tokens: unknown ({e})"),
+                Ok(n) => put!("free tokens: {n}"),
+                Err(e) => put!("free tokens: unknown ({e})"),
             }
             Status::SUCCESS
         }
         Err(e) => {
-            println!("usable: no ({e:#})");
+            put!("usable: no ({e:#})");
             Status::Code(1)
         }
     }

@@ -128,7 +128,7 @@ impl Drop for Server {
         if let (Some(dir), Auth::Fifo(fifo)) = (&self.dir, &self.auth) {
             let _ = std::fs::remove_file(fifo);
             if let Err(e) = std::fs::remove_dir(dir) {
-                eprintln!("jsrun: warning: cannot remove {}: {e}", dir.display());
+                crate::say!("jsrun: warning: cannot remove {}: {e}", dir.display());
             }
         }
     }

@@ -17,6 +17,9 @@ impl Status {
     pub const USAGE: Status = Status::Code(125);
     pub const NOT_EXECUTABLE: Status = Status::Code(126);
     pub const NOT_FOUND: Status = Status::Code(127);
+    /// jsrun's stdout is a pipe nobody reads any more: 128 + SIGPIPE, what a shell shows
+    /// for `seq` or `cat` in the same place.
+    pub const BROKEN_PIPE: Status = Status::Code(141);
 
     /// A finished job's status as a shell reports it: its exit code, or 128+S when a
     /// signal killed it.
@@ -50,7 +53,7 @@ impl Status {
 
 /// Reports an error of jsrun's own on stderr, once, with its context chain.
 pub fn report(err: &anyhow::Error) -> Status {
-    eprintln!("jsrun: error: {err:#}");
+    crate::say!("jsrun: error: {err:#}");
     Status::USAGE
 }
 

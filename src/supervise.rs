@@ -267,7 +267,7 @@ impl Supervisor<'_> {
             } else {
                 "command not executable"
             };
-            eprintln!("jsrun: {what}: {}", name.to_string_lossy());
+            crate::say!("jsrun: {what}: {}", name.to_string_lossy());
         }
         result
     }
@@ -303,14 +303,14 @@ impl Supervisor<'_> {
                 self.jobserver_failed = true;
                 if self.pool.implicit == 0 && self.running.is_empty() {
                     // No slot will ever come: nothing can run.
-                    eprintln!(
+                    crate::say!(
                         "jsrun: error: jobserver {} failed ({e}) before any job could start",
                         client.auth()
                     );
                     self.halt = true;
                     self.first_failure.get_or_insert(Status::USAGE);
                 } else {
-                    eprintln!(
+                    crate::say!(
                         "jsrun: warning: jobserver {} failed ({e}); going on with the slots held",
                         client.auth()
                     );
@@ -328,7 +328,7 @@ impl Supervisor<'_> {
                 if let Some(client) = &self.pool.client
                     && let Err(e) = client.release(token)
                 {
-                    eprintln!("jsrun: warning: cannot give a token back to the jobserver: {e}");
+                    crate::say!("jsrun: warning: cannot give a token back to the jobserver: {e}");
                 }
             }
         }
@@ -338,7 +338,7 @@ impl Supervisor<'_> {
         match self.try_spawn(&job) {
             Ok((pid, capture, started, started_at)) => {
                 if self.plan.verbose {
-                    eprintln!("jsrun: [{}] {}", job.slot, job.display());
+                    crate::say!("jsrun: [{}] {}", job.slot, job.display());
                 }
                 self.running.push(Running {
                     pid,
@@ -354,7 +354,7 @@ impl Supervisor<'_> {
             // again when one of them has ended, rather than fail a job that could run.
             Err(e) if is_shortage(&e) && !self.running.is_empty() => {
                 if !std::mem::replace(&mut self.shortage_reported, true) {
-                    eprintln!(
+                    crate::say!(
                         "jsrun: warning: cannot start a job now ({e}); waiting for running jobs to end"
                     );
                 }
@@ -365,7 +365,7 @@ impl Supervisor<'_> {
             Err(e) => {
                 self.release(slot);
                 let status = jobs::spawn_error_status(&e);
-                eprintln!("jsrun: cannot run {}: {e}", job.argv[0].to_string_lossy());
+                crate::say!("jsrun: cannot run {}: {e}", job.argv[0].to_string_lossy());
                 self.finish(&job, None, status, None);
             }
         }
@@ -442,7 +442,7 @@ impl Supervisor<'_> {
             }
         }
         if source_ready && let Err(e) = self.plan.source.fill() {
-            eprintln!("jsrun: cannot read the job list: {e}");
+            crate::say!("jsrun: cannot read the job list: {e}");
             self.source_done = true;
             self.first_failure.get_or_insert(Status::USAGE);
         }
@@ -462,7 +462,7 @@ impl Supervisor<'_> {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    eprintln!("jsrun: warning: waitpid failed: {e}");
+                    crate::say!("jsrun: warning: waitpid failed: {e}");
                     return;
                 }
                 Ok(wait) => wait,

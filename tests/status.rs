@@ -179,3 +179,35 @@ fn no_command_on_a_terminal_prints_a_hint_instead_of_waiting() {
         output.report()
     );
 }
+
+/// jsrun's own printing into a pipe nobody reads: the dry run and `--info` end
+/// quietly with 141 (what a shell shows for `seq | head -1`), and messages that
+/// cannot reach a closed stderr are dropped without a panic (exit 101).
+#[test]
+fn closed_stdout_or_stderr_never_panics() {
+    let sandbox = Sandbox::new();
+    let jsrun = util::path_str(&util::jsrun_bin());
+    let cases = [
+        // (shell pipeline, jsrun's status)
+        (
+            format!("{jsrun} -n echo ::: $(seq 20000) | head -1 >/dev/null"),
+            141,
+        ),
+        (format!("{jsrun} --info | true"), 141),
+        (
+            format!("{jsrun} -j2 -v --stats true ::: 1 2 3 2>&1 >/dev/null | true"),
+            0,
+        ),
+        (format!("{jsrun} --stats true 2>&1 >/dev/null | true"), 0),
+    ];
+    for (pipeline, want) in cases {
+        let script = format!("{pipeline}; echo \"status=${{PIPESTATUS[0]}}\"");
+        let output = sandbox.command("bash").args(["-c", &script]).run();
+        output.success().stderr_lacks("panicked");
+        assert!(
+            output.stdout.contains(&format!("status={want}\n")),
+            "{pipeline}: want status {want}\n{}",
+            output.report()
+        );
+    }
+}
