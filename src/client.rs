@@ -16,6 +16,8 @@ pub struct Client {
     read: OwnedFd,
     write: OwnedFd,
     auth: Auth,
+    /// A character device behind `fifo:` (steve's /dev/steve), not a pipe or fifo.
+    device: bool,
 }
 
 impl Client {
@@ -27,11 +29,19 @@ impl Client {
             Auth::Disabled => bail!("the parent disabled it (--jobserver-auth=-2,-2)"),
             Auth::Unknown(text) => bail!("unknown jobserver style '{text}'"),
         };
+        let device = sys::is_char_device(&nix::sys::stat::fstat(&read)?);
         Ok(Client {
             read,
             write,
             auth: auth.clone(),
+            device,
         })
+    }
+
+    /// Whether the jobserver is a character device: nothing but its driver bounds the
+    /// tokens it hands out.
+    pub fn is_device(&self) -> bool {
+        self.device
     }
 
     pub fn auth(&self) -> &Auth {
@@ -57,6 +67,25 @@ impl Client {
     /// Tokens free in the pool right now.
     pub fn available(&self) -> io::Result<usize> {
         sys::bytes_available(self.read.as_fd())
+    }
+
+    /// Whether a character device behind `fifo:` hands out more than `limit` tokens at
+    /// once (`/dev/zero` never runs out): takes up to `limit + 1` without waiting and gives
+    /// each back at once. A pipe or fifo holds what was written to it: never unbounded.
+    pub fn looks_unbounded(&self, limit: usize) -> io::Result<bool> {
+        if !self.device {
+            return Ok(false);
+        }
+        let mut taken = Vec::new();
+        while taken.len() <= limit
+            && let Some(token) = self.try_acquire()?
+        {
+            taken.push(token);
+        }
+        for &token in &taken {
+            self.release(token)?;
+        }
+        Ok(taken.len() > limit)
     }
 }
 

@@ -21,7 +21,7 @@ use crate::say;
 use crate::server::{self, Server, Style};
 use crate::status::{self, Status};
 use crate::supervise::{self, Plan, Pool};
-use crate::sys::Signals;
+use crate::sys::{self, Signals};
 
 /// The variables a jobserver is looked for in, in this order. MAKEFLAGS first, as make
 /// reads it; CARGO_MAKEFLAGS is how cargo hands its jobserver to build scripts; the first
@@ -30,21 +30,30 @@ use crate::sys::Signals;
 const JOBSERVER_VARS: [&str; 3] = ["MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"];
 
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Status {
+    // First of all, so that no signal can come too early to be obeyed.
+    if let Err(e) = sys::take_signals() {
+        crate::say!("jsrun: error: cannot set up signal handling: {e}");
+        return Status::USAGE;
+    }
     match cli::parse(args) {
         // A closed stdout ends jsrun quietly, as it ends `seq` or `cat`.
         Ok(config) => execute(config).unwrap_or_else(|err| match say::is_broken_pipe(&err) {
             true => Status::BROKEN_PIPE,
             false => status::report(&err),
         }),
-        Err(status) => status,
+        Err(status) => {
+            sys::release_signals();
+            status
+        }
     }
 }
 
-/// The jobserver named in the environment: (variable, auth).
-fn jobserver_from_env() -> Option<(&'static str, Auth)> {
+/// The jobserver named in the environment: the variable, its auth, and the `-jN` beside it.
+fn jobserver_from_env() -> Option<(&'static str, Auth, Option<usize>)> {
     JOBSERVER_VARS.iter().find_map(|&name| {
-        let value = std::env::var(name).ok()?;
-        Some((name, MakeFlags::parse(&value).auth?))
+        let flags = MakeFlags::parse(&std::env::var(name).ok()?);
+        let jobs = flags.jobs.flatten().map(|n| n as usize).filter(|&n| n > 0);
+        Some((name, flags.auth?, jobs))
     })
 }
 
@@ -52,19 +61,21 @@ fn execute(config: Config) -> Result<Status> {
     // Inherited jobserver fds are checked before jsrun opens any file of its own, which
     // could otherwise take the number of a closed one.
     if config.info {
+        sys::release_signals();
         return print_info(&config);
     }
     let makeflags = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default());
     let dry_run = config.dry_run || makeflags.dry_run();
     let inherited = match (&config.jobserver, dry_run) {
-        (None, false) => jobserver_from_env().map(|(var, auth)| {
+        (None, false) => jobserver_from_env().map(|(var, auth, jobs)| {
             let client = Client::open(&auth);
-            (var, auth, client)
+            (var, auth, jobs, client)
         }),
         _ => None,
     };
     let (template, source, shell_lines) = jobs_of(&config)?;
     if dry_run {
+        sys::release_signals();
         return print_jobs(&template, source, shell_lines);
     }
     // Signals are blocked from here on and read in the loop, so an interrupt at any
@@ -84,30 +95,38 @@ fn execute(config: Config) -> Result<Status> {
             };
             (pool, config.jobs.unwrap_or(usize::MAX))
         }
-        (None, Some((var, auth, client))) => match client {
+        (None, Some((var, auth, advertised, client))) => match client {
             Ok(client) => {
                 let pool = Pool {
                     client: Some(client),
                     implicit: 1,
                 };
-                (pool, config.jobs.unwrap_or(usize::MAX))
+                // A character device may hand out tokens without end (fifo:/dev/zero):
+                // never more jobs than the pool's advertised size. A pipe or fifo holds
+                // what its owner put in it, and an owner may grow it while we run.
+                let cap = config.jobs.unwrap_or(usize::MAX);
+                let cap = match (advertised, pool.client.as_ref().map(Client::is_device)) {
+                    (Some(n), Some(true)) => cap.min(n),
+                    _ => cap,
+                };
+                (pool, cap)
             }
             Err(e) => {
-                let fallback = match config.jobs {
-                    Some(n) => format!("creating a jobserver with {n} slots (-j{n})"),
-                    None => "running one job at a time".into(),
-                };
-                // Closed or disabled pipe fds: the parent make rule lacks a '+'. A fifo
-                // that cannot be opened: its make is gone or it is not ours to use.
+                // make's rule for a sub-make whose jobserver is gone: one job at a time.
+                // A pool of jsrun's own here would multiply the parent's -j.
                 let hint = match auth {
                     Auth::Pipe { .. } | Auth::Disabled => " Add '+' to the parent make rule.",
                     _ => "",
                 };
                 crate::say!(
                     "jsrun: warning: jobserver unavailable: {e:#} ({var} has \
-                     --jobserver-auth={auth}); {fallback}.{hint}"
+                     --jobserver-auth={auth}); running one job at a time.{hint}"
                 );
-                serve_or_alone(&config, &template, &mut server)?
+                let pool = Pool {
+                    client: None,
+                    implicit: 1,
+                };
+                (pool, 1)
             }
         },
         (None, None) => serve_or_alone(&config, &template, &mut server)?,
@@ -194,31 +213,35 @@ fn serve_or_alone(
     ))
 }
 
-/// Fifo, unless the command is a GNU make older than 4.4, which dies on a fifo MAKEFLAGS
-/// ("invalid --jobserver-auth string"): one `--version` probe, only for make and gmake.
+/// Programs that speak only the fifo style (upstream ninja, samurai, Portage).
+const FIFO_ONLY: [&str; 3] = ["ninja", "samu", "emerge"];
+
+/// The style of a pool jsrun creates, when `--jobserver-style` does not say: fifo, unless
+/// a GNU make older than 4.4 may read it, which dies on a fifo ("invalid --jobserver-auth
+/// string"). That make is the command itself when it is `make` or `gmake`, else the `make`
+/// on PATH, which any command may run (`nice make`, `sh -c make`, a build script). Commands
+/// that speak only fifo keep it. One `--version` probe at most.
 fn default_style(template: &Template, verbose: bool) -> Style {
-    let Some(program) = template.constant_program() else {
-        return Style::Fifo;
-    };
-    let name = Path::new(program).file_name().unwrap_or_default();
-    if name != "make" && name != "gmake" {
+    let program = template.constant_program().map(Path::new);
+    let name = program.and_then(Path::file_name).unwrap_or_default();
+    if FIFO_ONLY.iter().any(|&n| name == n) {
         return Style::Fifo;
     }
-    let Ok(path) = jobs::resolve(program) else {
+    let (make, why) = match program {
+        Some(program) if name == "make" || name == "gmake" => (program.as_os_str(), "the command"),
+        _ => (
+            "make".as_ref(),
+            "the make on PATH, which the command may run",
+        ),
+    };
+    let Ok(path) = jobs::resolve(make) else {
         return Style::Fifo;
     };
-    let version = std::process::Command::new(&path)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .and_then(|out| gnu_make_version(&String::from_utf8_lossy(&out.stdout)));
-    match version {
+    match make_version(&path) {
         Some(v) if v < (4, 4) => {
             if verbose {
                 crate::say!(
-                    "jsrun: {} is GNU make {}.{}, which only knows pipe jobservers: \
+                    "jsrun: {} ({why}) is GNU make {}.{}, which only knows pipe jobservers: \
                      using --jobserver-style=pipe",
                     path.display(),
                     v.0,
@@ -229,6 +252,18 @@ fn default_style(template: &Template, verbose: bool) -> Style {
         }
         _ => Style::Fifo,
     }
+}
+
+/// Asks `make --version`.
+fn make_version(path: &Path) -> Option<(u32, u32)> {
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .env_remove("MAKEFLAGS")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    gnu_make_version(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// `(major, minor)` from the first line of `make --version`: "GNU Make 4.3".
@@ -313,6 +348,10 @@ fn print_jobs(template: &Template, mut source: Source, shell_lines: bool) -> Res
     }
 }
 
+/// How many tokens `--info` takes from a character device with no -jN beside it before it
+/// calls the device unbounded: more than any real pool lends at once.
+const UNBOUNDED_PROBE: usize = 4096;
+
 /// `--info`: the jobserver jsrun would use. Exit 0 when usable, 1 when not.
 fn print_info(config: &Config) -> Result<Status> {
     let mut text = String::new();
@@ -327,10 +366,10 @@ fn describe_jobserver(config: &Config, out: &mut String) -> Status {
     macro_rules! put {
         ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
     }
-    let (source, auth, implicit) = match (&config.jobserver, jobserver_from_env()) {
-        (Some(auth), _) => ("--jobserver", Some(auth.clone()), false),
-        (None, Some((var, auth))) => (var, Some(auth), true),
-        (None, None) => ("none", None, false),
+    let (source, auth, implicit, advertised) = match (&config.jobserver, jobserver_from_env()) {
+        (Some(auth), _) => ("--jobserver", Some(auth.clone()), false, None),
+        (None, Some((var, auth, jobs))) => (var, Some(auth), true, jobs),
+        (None, None) => ("none", None, false, None),
     };
     put!("source: {source}");
     let jobs = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default()).jobs;
@@ -370,6 +409,13 @@ fn describe_jobserver(config: &Config, out: &mut String) -> Status {
             match client.available() {
                 Ok(n) => put!("free tokens: {n}"),
                 Err(e) => put!("free tokens: unknown ({e})"),
+            }
+            if let Ok(true) = client.looks_unbounded(advertised.unwrap_or(UNBOUNDED_PROBE)) {
+                let bound = match advertised {
+                    Some(n) => format!("jsrun runs at most {n} jobs (make -j{n})"),
+                    None => "nothing bounds jsrun's jobs but -jN".into(),
+                };
+                put!("warning: {auth} looks unbounded: it never runs out of tokens; {bound}");
             }
             Status::SUCCESS
         }

@@ -77,6 +77,7 @@ const LOAD_RECHECK: Duration = Duration::from_secs(1);
 
 struct Supervisor<'a> {
     plan: Plan,
+    signals: &'a Signals,
     pool: &'a mut Pool,
     report: &'a mut Report,
     output: &'a mut Output,
@@ -114,6 +115,7 @@ pub fn run(
         Spawner::new(plan.source.reads_stdin()).context("cannot prepare to start jobs")?;
     let mut sup = Supervisor {
         plan,
+        signals,
         pool,
         report,
         output,
@@ -132,7 +134,7 @@ pub fn run(
         shortage_reported: false,
         resolved: None,
     };
-    sup.run(signals)?;
+    sup.run()?;
     Ok(Outcome {
         status: sup.first_failure.unwrap_or(Status::SUCCESS),
         interrupted: sup.interrupted,
@@ -140,13 +142,19 @@ pub fn run(
 }
 
 impl Drop for Supervisor<'_> {
-    /// However the loop ends (an error, even a panic), every token still held goes back.
+    /// However the loop ends (an error, even a panic), every token still held goes back,
+    /// but only once its job is gone: written back for a job that still runs, a token
+    /// would let one more job start than the pool has slots.
     fn drop(&mut self) {
+        self.stop_running();
         for running in std::mem::take(&mut self.running) {
             self.release(running.slot);
         }
     }
 }
+
+/// How long jobs get to end after SIGTERM when the loop failed, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What the loop waits for besides signals.
 #[derive(Default)]
@@ -157,7 +165,10 @@ struct Wants {
 }
 
 impl Supervisor<'_> {
-    fn run(&mut self, signals: &Signals) -> Result<()> {
+    fn run(&mut self) -> Result<()> {
+        // A signal that came before the first job (while the jobserver was set up or a
+        // make was asked its version) stops it from starting.
+        self.handle_signals()?;
         loop {
             let wants = self.start_jobs()?;
             if self.running.is_empty()
@@ -165,7 +176,7 @@ impl Supervisor<'_> {
             {
                 return Ok(());
             }
-            self.wait(signals, &wants)?;
+            self.wait(&wants)?;
         }
     }
 
@@ -387,8 +398,8 @@ impl Supervisor<'_> {
         Ok((pid, capture, started, started_at))
     }
 
-    fn wait(&mut self, signals: &Signals, wants: &Wants) -> Result<()> {
-        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
+    fn wait(&mut self, wants: &Wants) -> Result<()> {
+        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         let token_fd = match (&self.pool.client, wants.token) {
             (Some(client), true) => Some(client.fd()),
             _ => None,
@@ -446,13 +457,62 @@ impl Supervisor<'_> {
             self.source_done = true;
             self.first_failure.get_or_insert(Status::USAGE);
         }
-        while let Some(sig) = signals.next()? {
+        self.handle_signals()
+    }
+
+    /// Acts on every signal that has come: child exits, interrupts.
+    fn handle_signals(&mut self) -> Result<()> {
+        while let Some(sig) = self.signals.next()? {
             match sig {
                 Signal::SIGCHLD => self.reap(),
                 sig => self.interrupt(sig),
             }
         }
         Ok(())
+    }
+
+    /// Ends the jobs still running when the loop cannot go on: SIGTERM, up to
+    /// [`STOP_GRACE`] for them to end, then SIGKILL; every one is reaped and its slot
+    /// freed.
+    fn stop_running(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        for r in &self.running {
+            let _ = nix::sys::signal::kill(r.pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut sig = Signal::SIGTERM;
+        while !self.running.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() && sig == Signal::SIGTERM {
+                sig = Signal::SIGKILL;
+                for r in &self.running {
+                    let _ = nix::sys::signal::kill(r.pid, sig);
+                }
+            }
+            // After SIGKILL the wait is short and sure: block in waitpid.
+            let flags = (sig == Signal::SIGTERM).then_some(WaitPidFlag::WNOHANG);
+            let mut i = 0;
+            while i < self.running.len() {
+                match nix::sys::wait::waitpid(self.running[i].pid, flags) {
+                    Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => i += 1,
+                    // Ended (or not ours any more): its slot is free.
+                    _ => {
+                        let done = self.running.swap_remove(i);
+                        self.release(done.slot);
+                    }
+                }
+            }
+            if !self.running.is_empty() && sig == Signal::SIGTERM {
+                // Woken by SIGCHLD (or the deadline); what the signalfd holds is read
+                // only to clear it.
+                let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, timeout);
+                while let Ok(Some(_)) = self.signals.next() {}
+            }
+        }
     }
 
     /// Reaps every child that has ended.

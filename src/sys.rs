@@ -6,7 +6,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
@@ -112,18 +112,47 @@ pub const HANDLED: [Signal; 4] = [
     Signal::SIGHUP,
 ];
 
-/// A signalfd for [`HANDLED`]. Creating it blocks those signals in jsrun; children start
-/// with an empty mask again (see `spawn`), so they see signals normally.
+/// [`HANDLED`] as a set.
+fn handled() -> SigSet {
+    let mut mask = SigSet::empty();
+    for sig in HANDLED {
+        mask.add(sig);
+    }
+    mask
+}
+
+/// jsrun's first instruction: from here on the handled signals wait, blocked, until the
+/// supervision loop reads them from a signalfd, so a signal that comes before the first
+/// job starts still stops it from starting.
+///
+/// A SIGCHLD inherited as ignored would make the kernel reap the jobs itself and send no
+/// SIGCHLD: jsrun would wait forever. It is put back to its default. SIGINT, SIGTERM and
+/// SIGHUP inherited as ignored (`nohup`, `cmd &` in a script) stay ignored, for jsrun and
+/// its jobs, as the parent asked.
+pub fn take_signals() -> io::Result<()> {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context, and jsrun is
+    // single-threaded here: nothing else changes dispositions at the same time.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGCHLD, &default) }?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)?;
+    Ok(())
+}
+
+/// Unblocks the handled signals where jsrun will run no job (usage errors, `--info`, a dry
+/// run): one that came meanwhile, and any later one, acts at once with its default action.
+pub fn release_signals() {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None);
+}
+
+/// A signalfd for [`HANDLED`], which [`take_signals`] blocked. Children start with an empty
+/// mask again (see `spawn`), so they see signals normally.
 pub struct Signals {
     fd: SignalFd,
 }
 
 impl Signals {
     pub fn new() -> io::Result<Signals> {
-        let mut mask = SigSet::empty();
-        for sig in HANDLED {
-            mask.add(sig);
-        }
+        let mask = handled();
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
         let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Signals { fd })

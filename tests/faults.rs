@@ -784,3 +784,70 @@ fn the_byte_written_back_is_the_ending_jobs_own() {
         "job 2 held the first byte read"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The loop fails while jobs run
+
+/// The supervision loop ends with an error while three jobs run (here: poll
+/// refuses more descriptors than RLIMIT_NOFILE, lowered from outside). The
+/// jobs are stopped and reaped before their tokens go back: a token written
+/// back for a job that still runs would let the pool run one job too many.
+#[test]
+fn a_failing_loop_ends_its_jobs_before_giving_their_tokens_back() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"ab");
+    let marks = sandbox.join("marks");
+    fs::create_dir(&marks).unwrap();
+    let gate = sandbox.join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // Each job notes its pid, then blocks opening a fifo nobody writes.
+    let script = format!(
+        "echo $$ > {}/$1; exec cat {}",
+        util::path_str(&marks),
+        util::path_str(&gate)
+    );
+    let mut running = sandbox
+        .jsrun()
+        .fifo_jobserver(&pool)
+        .args([
+            "-j3", "-Oline", "sh", "-c", &script, "sh", "{}", ":::", "1", "2", "3",
+        ])
+        .spawn();
+    running.wait_until("3 jobs to run", || entries(&marks) == 3);
+    let pids: Vec<u32> = (1..=3)
+        .map(|i| {
+            let path = marks.join(i.to_string());
+            running.wait_until("a job's pid", || {
+                fs::read_to_string(&path).is_ok_and(|t| t.ends_with('\n'))
+            });
+            fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+        })
+        .collect();
+    // Fewer descriptors than the loop polls (signalfd + 2 pipes per job), then
+    // a wake-up: the next poll() fails with EINVAL.
+    let limit = libc::rlimit {
+        rlim_cur: 4,
+        rlim_max: 4,
+    };
+    // SAFETY: prlimit only reads `limit`, a valid rlimit, and writes nothing.
+    let rc = unsafe {
+        libc::prlimit(
+            running.pid(),
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    running.signal(libc::SIGCHLD);
+    let output = running.wait();
+    output.code(125).stderr_contains("poll");
+    for pid in pids {
+        assert!(
+            process_gone(pid),
+            "job {pid} still runs after jsrun exited\n{}",
+            output.report()
+        );
+    }
+    assert_eq!(sorted(&pool.drain()), b"ab", "{}", output.report());
+}

@@ -122,13 +122,15 @@ fn make44_fifo_reaches_a_recipe_without_plus() {
 
 /// A pipe jobserver that does not reach the recipe (make 4.3 closes the
 /// fds; make 4.4.1 adds `--jobserver-auth=-2,-2`): jsrun warns, runs one
-/// job at a time and finishes.
-fn unavailable_without_plus(make: &Path, make_args: &[&str]) {
+/// job at a time and finishes, also when it is given `-jN` (make's rule for
+/// a sub-make that lost its jobserver: a pool of its own would multiply the
+/// parent's -j).
+fn unavailable_without_plus(make: &Path, make_args: &[&str], jsrun_args: &[&str]) {
     let sandbox = Sandbox::new();
     let probe = sandbox.probe().id("{}").sleep_ms(150);
     makefile(
         &sandbox,
-        &[("run", jsrun_recipe(false, &[], &probe.shell(), 4))],
+        &[("run", jsrun_recipe(false, jsrun_args, &probe.shell(), 4))],
     );
     let output = sandbox.command(make).args(make_args).arg("-j4").run();
     output.success().stderr_contains("jobserver unavailable");
@@ -139,12 +141,14 @@ fn unavailable_without_plus(make: &Path, make_args: &[&str]) {
 
 #[test]
 fn make43_recipe_without_plus_warns_and_runs_serially() {
-    unavailable_without_plus(&make43(), &[]);
+    unavailable_without_plus(&make43(), &[], &[]);
+    unavailable_without_plus(&make43(), &[], &["-j4"]);
 }
 
 #[test]
 fn make44_pipe_recipe_without_plus_warns_and_runs_serially() {
-    unavailable_without_plus(&make44(), &["--jobserver-style=pipe"]);
+    unavailable_without_plus(&make44(), &["--jobserver-style=pipe"], &[]);
+    unavailable_without_plus(&make44(), &["--jobserver-style=pipe"], &["-j4"]);
 }
 
 /// `make -n` still runs `+` recipes; jsrun sees `n` in MAKEFLAGS and only

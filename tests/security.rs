@@ -308,6 +308,43 @@ fn jobserver_option_on_dev_null_stops_without_hanging() {
     assert_eq!(sandbox.log().started(), Vec::<String>::new());
 }
 
+/// A character device that never blocks (`fifo:/dev/zero`) hands out a token
+/// for every read: jsrun still runs no more jobs at once than the `-j2`
+/// advertised beside it, two of them in parallel (they wait for each other in
+/// pairs), and `--info` calls the device unbounded.
+#[test]
+fn a_device_that_never_blocks_cannot_lift_the_advertised_bound() {
+    let sandbox = Sandbox::new();
+    let makeflags = " -j2 --jobserver-auth=fifo:/dev/zero";
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier(&sandbox.join("barrier"), 2)
+        .sleep_ms(100);
+    let output = sandbox
+        .jsrun()
+        .env("MAKEFLAGS", makeflags)
+        .args(probe.words())
+        .arg(":::")
+        .args(values(8))
+        .run();
+    output.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished().len(), 8, "{}", log.dump());
+    assert_eq!(log.peak(), 2, "{}\n{}", log.dump(), output.report());
+    let info = sandbox
+        .jsrun()
+        .env("MAKEFLAGS", makeflags)
+        .arg("--info")
+        .run();
+    info.success();
+    assert!(
+        info.stdout.contains("looks unbounded") && info.stdout.contains("at most 2 jobs"),
+        "{}",
+        info.report()
+    );
+}
+
 /// The same device in MAKEFLAGS, with the implicit slot: after the first
 /// EOF jsrun drops the jobserver, warns once, and runs every job in its
 /// implicit slot. While a job runs it sleeps in poll() instead of reading

@@ -86,6 +86,68 @@ fn make43_gets_a_pipe_pool_by_default() {
     assert_three_at_once(&sandbox, &output);
 }
 
+/// A directory `bin` in the sandbox holding `make` (make 4.3) and the given
+/// names for the probe, and a PATH that finds them first.
+fn bin_with_make43(sandbox: &Sandbox, probe_names: &[&str]) -> String {
+    let bin = sandbox.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(make43(), bin.join("make")).unwrap();
+    for name in probe_names {
+        std::os::unix::fs::symlink(util::probe_bin(), bin.join(name)).unwrap();
+    }
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+/// make 4.3 run by a command that is not make itself (`nice make`, `sh -c
+/// make`, `env CC=cc make`): the make on PATH decides, and jsrun serves a
+/// pipe, which make 4.3 understands.
+#[test]
+fn make43_on_path_gets_a_pipe_pool_whatever_starts_it() {
+    for command in [
+        &["nice", "make"][..],
+        &["sh", "-c", "make"],
+        &["env", "CC=cc", "make"],
+    ] {
+        let sandbox = Sandbox::new();
+        six_probe_makefile(&sandbox);
+        let path = bin_with_make43(&sandbox, &[]);
+        let output = sandbox
+            .jsrun()
+            .env("PATH", path)
+            .args(["-j3", "-v", "--"])
+            .args(command)
+            .run();
+        output.stderr_contains("--jobserver-style=pipe");
+        assert_three_at_once(&sandbox, &output);
+    }
+}
+
+/// Under the same PATH, commands that speak only fifo (ninja, samu, emerge)
+/// keep a fifo pool, and any other command gets a pipe.
+#[test]
+fn fifo_only_commands_keep_a_fifo_when_make_on_path_is_old() {
+    let sandbox = Sandbox::new();
+    let path = bin_with_make43(&sandbox, &["ninja", "samu", "emerge", "tool"]);
+    for (name, want_fifo) in [
+        ("ninja", true),
+        ("samu", true),
+        ("emerge", true),
+        ("tool", false),
+    ] {
+        let seen = sandbox.join(format!("seen-{name}"));
+        let words = sandbox.probe().env_out(&seen).words();
+        sandbox
+            .jsrun()
+            .env("PATH", &path)
+            .args(["-j2", "--", name])
+            .args(&words[1..])
+            .run()
+            .success();
+        let auth = jobserver_auth(&Seen::read(&seen).var("MAKEFLAGS").unwrap()).unwrap();
+        assert_eq!(auth.starts_with("fifo:"), want_fifo, "{name}: {auth}");
+    }
+}
+
 /// ninja 1.13 reads the pool from MAKEFLAGS. Two slots, since without the
 /// pool ninja would run at least 3 jobs at once (2 cores: 3; more: nproc+2).
 #[test]
@@ -283,8 +345,8 @@ fn pipe_pool_is_inherited_and_advertised() {
     assert_ne!(access(&write_flags), libc::O_RDONLY as u32, "{}", seen.text);
 }
 
-/// Letter flags of MAKEFLAGS survive; old -j and jobserver words, and stale
-/// jobserver settings in MFLAGS and CARGO_MAKEFLAGS, do not reach the child.
+/// Letter flags of MAKEFLAGS survive; old -j words in MAKEFLAGS, MFLAGS and
+/// CARGO_MAKEFLAGS do not reach the child.
 #[test]
 fn children_get_a_clean_makeflags() {
     let sandbox = Sandbox::new();
@@ -292,11 +354,8 @@ fn children_get_a_clean_makeflags() {
     let output = sandbox
         .jsrun()
         .env("MAKEFLAGS", "k -j7")
-        .env("MFLAGS", "-k -j7 --jobserver-auth=fifo:/stale/mflags")
-        .env(
-            "CARGO_MAKEFLAGS",
-            "-j --jobserver-fds=61,62 --jobserver-auth=fifo:/stale/cargo",
-        )
+        .env("MFLAGS", "-k -j7")
+        .env("CARGO_MAKEFLAGS", "-j5")
         .args(["-j3", "--"])
         .args(probe.words())
         .run();
@@ -320,10 +379,49 @@ fn children_get_a_clean_makeflags() {
         "MAKEFLAGS={makeflags:?}"
     );
     for name in ["MFLAGS", "CARGO_MAKEFLAGS"] {
-        if let Some(value) = seen.var(name) {
-            assert!(!value.contains("/stale/"), "{name}={value:?}");
-            assert!(!value.contains("61,62"), "{name}={value:?}");
-        }
+        let value = seen.var(name).unwrap();
+        assert!(
+            value.ends_with(&format!("-j3 --jobserver-auth=fifo:{}", fifo.display())),
+            "{name}={value:?}"
+        );
+        assert!(
+            !value.contains("-j7") && !value.contains("-j5"),
+            "{name}={value:?}"
+        );
+    }
+}
+
+/// A jobserver named in any of the variables but unusable (a stale fifo, or
+/// fds closed by a parent rule without '+'): jsrun warns and runs one job at a
+/// time even with -jN, and creates no pool of its own, which would multiply
+/// the parent's budget (make's rule for a sub-make without its jobserver).
+#[test]
+fn an_unusable_jobserver_in_any_variable_means_one_job_at_a_time() {
+    for (name, value) in [
+        ("MAKEFLAGS", " -j4 --jobserver-auth=fifo:/stale/makeflags"),
+        ("MFLAGS", "-j4 --jobserver-auth=fifo:/stale/mflags"),
+        (
+            "CARGO_MAKEFLAGS",
+            "-j --jobserver-fds=61,62 --jobserver-auth=61,62",
+        ),
+    ] {
+        let sandbox = Sandbox::new();
+        let probe = sandbox.probe().id("{}").sleep_ms(100);
+        let output = sandbox
+            .jsrun()
+            .env(name, value)
+            .arg("-j4")
+            .args(probe.words())
+            .arg(":::")
+            .args(values(4))
+            .run();
+        output
+            .success()
+            .stderr_contains("jobserver unavailable")
+            .stderr_contains("running one job at a time");
+        let log = sandbox.log();
+        assert_eq!(log.finished(), values(4), "{name}: {}", log.dump());
+        assert_eq!(log.peak(), 1, "{name}: {}\n{}", log.dump(), output.report());
     }
 }
 

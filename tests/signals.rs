@@ -196,3 +196,94 @@ fn children_start_with_default_dispositions() {
         );
     }
 }
+
+/// SIGTERM while jsrun asks `make --version` (to choose the pool's style),
+/// before any job: the job never starts, and jsrun dies of SIGTERM.
+#[test]
+fn a_signal_before_the_first_job_stops_it_from_starting() {
+    let sandbox = Sandbox::new();
+    let bin = sandbox.join("bin");
+    fs::create_dir(&bin).unwrap();
+    let gate = sandbox.join("gate");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let probed = sandbox.join("probed");
+    let started = sandbox.join("started");
+    // A make whose --version waits at the gate.
+    let make = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then : > {probed}; read x < {gate}; \
+         echo 'GNU Make 4.4.1'; exit 0; fi\n: > {started}\n",
+        probed = util::path_str(&probed),
+        gate = util::path_str(&gate),
+        started = util::path_str(&started),
+    );
+    fs::write(bin.join("make"), make).unwrap();
+    fs::set_permissions(
+        bin.join("make"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut running = sandbox
+        .jsrun()
+        .env("PATH", path)
+        .args([
+            "-j2",
+            "--joblog",
+            &util::path_str(&sandbox.join("log")),
+            "--",
+            "make",
+        ])
+        .spawn();
+    running.wait_until("make --version to be asked", || probed.exists());
+    running.signal(libc::SIGTERM);
+    // Opening the gate for writing and closing it ends the probe's read.
+    drop(fs::OpenOptions::new().write(true).open(&gate).unwrap());
+    let output = running.wait();
+    output.killed_by(libc::SIGTERM);
+    // A job started and killed at once may not get as far as its first line:
+    // the job log shows every job that was started.
+    let log = fs::read_to_string(sandbox.join("log")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "a job started after SIGTERM:\n{log}"
+    );
+    assert!(
+        !started.exists(),
+        "make ran after SIGTERM\n{}",
+        output.report()
+    );
+}
+
+/// Started with SIGCHLD ignored (the kernel would reap the jobs itself and
+/// send no SIGCHLD), jsrun still sees its jobs end; they start with SIGCHLD
+/// at its default.
+#[test]
+fn an_inherited_ignored_sigchld_is_reset() {
+    let sandbox = Sandbox::new();
+    let seen = sandbox.join("seen-{}");
+    let probe = sandbox.probe().id("{}").env_out(&seen);
+    let exec_with_sigchld_ignored = "import os, signal, sys\n\
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n\
+        os.execv(sys.argv[1], sys.argv[1:])";
+    let output = sandbox
+        .command("python3")
+        .args(["-c", exec_with_sigchld_ignored])
+        .arg(util::jsrun_bin())
+        .arg("-j3")
+        .args(probe.words())
+        .args([":::", "1", "2", "3"])
+        .deadline(std::time::Duration::from_secs(20))
+        .run();
+    output.success();
+    assert_eq!(sandbox.log().finished().len(), 3, "{}", output.report());
+    for id in 1..=3 {
+        let seen = Seen::read(&sandbox.join(format!("seen-{id}")));
+        let sigchld = 1u64 << (libc::SIGCHLD - 1);
+        assert_eq!(seen.mask("SigIgn") & sigchld, 0, "job {id}:\n{}", seen.text);
+    }
+}

@@ -88,6 +88,33 @@ pub fn ninja() -> PathBuf {
     peer("ninja 1.13.2", "JSRUN_NINJA", ".peers/venv/bin/ninja")
 }
 
+/// A PATH whose `make` is make 4.4.1, as on a current distribution. jsrun
+/// chooses the style of the pool it creates from the make on PATH (pipe for
+/// make < 4.4, which Debian 12's /usr/bin/make is); with this PATH the tests
+/// see the fifo default. Tests of the pipe default set PATH themselves.
+fn path_with_make44() -> OsString {
+    static PATH: std::sync::OnceLock<OsString> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("make44-on-path");
+        let link = dir.join("make");
+        if fs::read_link(&link).ok() != Some(make44()) {
+            fs::create_dir_all(&dir).expect("create the make44-on-path directory");
+            // Another test binary may be doing the same: a fresh name, renamed into place.
+            let tmp = dir.join(format!("make.{}", std::process::id()));
+            let _ = fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(make44(), &tmp).expect("symlink make 4.4.1");
+            fs::rename(&tmp, &link).expect("put make 4.4.1 on the PATH");
+        }
+        let mut path = dir.into_os_string();
+        if let Some(rest) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(rest);
+        }
+        path
+    })
+    .clone()
+}
+
 fn peer(name: &str, variable: &str, fallback: &str) -> PathBuf {
     let path = match std::env::var_os(variable) {
         Some(path) if !path.is_empty() => PathBuf::from(path),
@@ -169,6 +196,7 @@ impl Sandbox {
         for variable in JOBSERVER_VARIABLES {
             cmd.env_remove(variable);
         }
+        cmd.env("PATH", path_with_make44());
         Cmd {
             cmd,
             stdin: Input::Null,
