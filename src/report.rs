@@ -12,13 +12,21 @@ use nix::sys::signal::Signal;
 use crate::jobs::Job;
 use crate::status::Status;
 
-/// A job that ended (or never started: zero runtime).
+/// A job that ended (or never started: `started` equals `ended`).
 pub struct Finished<'a> {
     pub job: &'a Job,
-    pub started_at: SystemTime,
-    pub runtime: Duration,
+    /// When it started and ended, on the monotonic clock (for durations and the trace)
+    /// and on the wall clock (for the job log).
+    pub started: (Instant, SystemTime),
+    pub ended: (Instant, SystemTime),
     pub status: Status,
     pub signal: Option<Signal>,
+}
+
+impl Finished<'_> {
+    pub fn runtime(&self) -> Duration {
+        self.ended.0.saturating_duration_since(self.started.0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,7 +79,7 @@ impl Report {
         };
         let start = Instant::now();
         let trace = match sinks.trace {
-            Some(path) => Some(Trace::create(path, start)?),
+            Some(path) => Some(Trace::create(path)?),
             None => None,
         };
         let progress = (sinks.progress && std::io::stderr().is_terminal()).then_some(Progress {
@@ -107,8 +115,8 @@ impl Report {
     }
 
     pub fn finished(&mut self, done: &Finished<'_>, running: usize) {
+        let runtime = done.runtime();
         if let Some(trace) = &mut self.trace {
-            let started = Instant::now() - done.runtime;
             let args = format!(
                 r#","args":{{"seq":{},"exit":{}}}"#,
                 done.job.seq,
@@ -117,8 +125,8 @@ impl Report {
             trace.span(
                 &done.job.display(),
                 done.job.slot,
-                started,
-                done.runtime,
+                done.started.0,
+                runtime,
                 &args,
             );
         }
@@ -126,15 +134,20 @@ impl Report {
             progress.running = running;
         }
         self.stats.jobs += 1;
-        self.stats.busy += done.runtime;
+        self.stats.busy += runtime;
         if !done.status.success() {
             self.stats.failed += 1;
         }
         if let Some(log) = &mut self.joblog {
-            let start = done
-                .started_at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default();
+            // Both ends on the wall clock, in whole µs rounded down: a job that starts
+            // after another ended never seems to overlap it.
+            let micros = |t: SystemTime| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_micros()
+            };
+            let (start, end) = (micros(done.started.1), micros(done.ended.1));
+            let runtime = end.saturating_sub(start);
             let exitval = match (done.status, done.signal) {
                 (_, Some(_)) => 0,
                 (Status::Code(code), None) => code,
@@ -142,12 +155,13 @@ impl Report {
             };
             let row = writeln!(
                 log,
-                "{}\t{}\t{}.{:03}\t{:.3}\t{}\t{}\t{}",
+                "{}\t{}\t{}.{:06}\t{}.{:06}\t{}\t{}\t{}",
                 done.job.seq,
                 done.job.slot,
-                start.as_secs(),
-                start.subsec_millis(),
-                done.runtime.as_secs_f64(),
+                start / 1_000_000,
+                start % 1_000_000,
+                runtime / 1_000_000,
+                runtime % 1_000_000,
                 exitval,
                 done.signal.map_or(0, |s| s as i32),
                 done.job.display().replace(['\t', '\n'], " "),
@@ -204,43 +218,58 @@ impl Report {
 
 /// `--trace`: Chrome trace-event JSON (Perfetto, chrome://tracing), written as jobs end:
 /// one row per slot with a span per job, and a row of token waits.
+///
+/// Events carry jsrun's real pid and microseconds of CLOCK_MONOTONIC, a clock every
+/// process on the machine shares: the traces of several jsruns in one build line up when
+/// their event arrays are put into one file.
 struct Trace {
     out: BufWriter<File>,
-    start: Instant,
+    /// An instant and the same moment in µs of CLOCK_MONOTONIC.
+    origin: (Instant, u128),
+    pid: u32,
     rows: Vec<usize>,
 }
 
 impl Trace {
-    fn create(path: &Path, start: Instant) -> Result<Trace> {
+    fn create(path: &Path) -> Result<Trace> {
         let file = File::create(path)
             .with_context(|| format!("cannot create trace file {}", path.display()))?;
         let mut out = BufWriter::new(file);
-        out.write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n")?;
-        write!(
+        let pid = std::process::id();
+        let written = write!(
             out,
-            r#"{{"name":"thread_name","ph":"M","pid":1,"tid":0,"args":{{"name":"token waits"}}}}"#
-        )?;
+            "{{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n\
+             {{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{pid},\"args\":{{\"name\":\"jsrun {pid}\"}}}},\n\
+             {{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":{pid},\"tid\":0,\"args\":{{\"name\":\"token waits\"}}}}"
+        );
+        written.with_context(|| format!("cannot write trace file {}", path.display()))?;
         Ok(Trace {
             out,
-            start,
+            origin: (Instant::now(), crate::sys::monotonic().as_micros()),
+            pid,
             rows: vec![0],
         })
     }
 
     /// A complete event on row `tid`; `args` is empty or a `,"args":{...}` member.
     fn span(&mut self, name: &str, tid: usize, from: Instant, length: Duration, args: &str) {
+        let pid = self.pid;
         if !self.rows.contains(&tid) {
             self.rows.push(tid);
             let _ = write!(
                 self.out,
-                ",\n{{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":{tid},\
+                ",\n{{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":{pid},\"tid\":{tid},\
                  \"args\":{{\"name\":\"slot {tid}\"}}}}"
             );
         }
-        let ts = from.saturating_duration_since(self.start).as_micros();
+        let (origin, origin_us) = self.origin;
+        let ts = match from.checked_duration_since(origin) {
+            Some(after) => origin_us + after.as_micros(),
+            None => origin_us.saturating_sub(origin.duration_since(from).as_micros()),
+        };
         let _ = write!(
             self.out,
-            ",\n{{\"name\":{},\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"ts\":{ts},\"dur\":{}{args}}}",
+            ",\n{{\"name\":{},\"ph\":\"X\",\"pid\":{pid},\"tid\":{tid},\"ts\":{ts},\"dur\":{}{args}}}",
             json_string(name),
             length.as_micros(),
         );

@@ -561,14 +561,11 @@ impl Supervisor<'_> {
         status: Status,
         signal: Option<Signal>,
     ) {
-        let (runtime, started_at) = match times {
-            Some((started, at)) => (started.elapsed(), at),
-            None => (Duration::ZERO, SystemTime::now()),
-        };
+        let ended = (Instant::now(), SystemTime::now());
         let done = Finished {
             job,
-            started_at,
-            runtime,
+            started: times.unwrap_or(ended),
+            ended,
             status,
             signal,
         };

@@ -198,3 +198,11 @@ pub fn load_average() -> io::Result<f64> {
             io::Error::other(format!("no load figure in {}", Path::new(&path).display()))
         })
 }
+
+/// Time on CLOCK_MONOTONIC, the clock every process on the machine shares (Rust's
+/// `Instant` reads it too, but does not show its value).
+pub fn monotonic() -> std::time::Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(std::time::Duration::from)
+        .unwrap_or_default()
+}

@@ -453,22 +453,22 @@ fn load_limit_follows_the_load_figure() {
 struct Row {
     seq: u64,
     slot: usize,
-    /// Starttime in ms since the epoch.
-    start_ms: u128,
-    /// JobRuntime in ms.
-    runtime_ms: u128,
+    /// Starttime in µs since the epoch.
+    start_us: u128,
+    /// JobRuntime in µs.
+    runtime_us: u128,
     exitval: i32,
     signal: i32,
     command: String,
 }
 
-/// `S.mmm` (seconds with 3 decimals) in ms.
-fn millis(text: &str) -> u128 {
+/// `S.uuuuuu` (seconds with 6 decimals) in µs.
+fn micros(text: &str) -> u128 {
     let (secs, frac) = text
         .split_once('.')
         .unwrap_or_else(|| panic!("{text:?}: no decimal point"));
-    assert_eq!(frac.len(), 3, "{text:?}: not 3 decimals");
-    secs.parse::<u128>().expect("seconds") * 1000 + frac.parse::<u128>().expect("milliseconds")
+    assert_eq!(frac.len(), 6, "{text:?}: not 6 decimals");
+    secs.parse::<u128>().expect("seconds") * 1_000_000 + frac.parse::<u128>().expect("microseconds")
 }
 
 /// The rows of a job log, after checking its header.
@@ -488,8 +488,8 @@ fn joblog_rows(path: &Path) -> Vec<Row> {
             Row {
                 seq: fields[0].parse().expect("Seq"),
                 slot: fields[1].parse().expect("Slot"),
-                start_ms: millis(fields[2]),
-                runtime_ms: millis(fields[3]),
+                start_us: micros(fields[2]),
+                runtime_us: micros(fields[3]),
                 exitval: fields[4].parse().expect("Exitval"),
                 signal: fields[5].parse().expect("Signal"),
                 command: fields[6].to_owned(),
@@ -563,20 +563,21 @@ fn joblog_rows_agree_with_the_jobs() {
                 .find(|event| event.start == start && event.id == row.seq.to_string())
                 .unwrap_or_else(|| panic!("job {} did not log\n{}", row.seq, log.dump()))
                 .nanos
-                / 1_000_000
+                / 1_000
         };
         let (probe_start, probe_end) = (reading(true), reading(false));
         // jsrun reads the clock before it starts the job, and after it ends;
-        // JobRuntime is rounded to the ms, hence the 1 ms below.
-        let end_ms = row.start_ms + row.runtime_ms;
+        // both are rounded down to the µs, hence the 1 µs below.
+        let slack = SCHEDULING_SLACK_MS * 1000;
+        let end_us = row.start_us + row.runtime_us;
         assert!(
-            row.start_ms <= probe_start && probe_start - row.start_ms <= SCHEDULING_SLACK_MS,
-            "Starttime {} vs the job's start {probe_start} (ms): {row:?}",
-            row.start_ms
+            row.start_us <= probe_start && probe_start - row.start_us <= slack,
+            "Starttime {} vs the job's start {probe_start} (µs): {row:?}",
+            row.start_us
         );
         assert!(
-            end_ms + 1 >= probe_end && end_ms <= probe_end + SCHEDULING_SLACK_MS,
-            "Starttime+JobRuntime {end_ms} vs the job's end {probe_end} (ms): {row:?}"
+            end_us + 1 >= probe_end && end_us <= probe_end + slack,
+            "Starttime+JobRuntime {end_us} vs the job's end {probe_end} (µs): {row:?}"
         );
     }
 }
@@ -722,10 +723,9 @@ fn trace_has_a_span_per_job_and_the_token_waits() {
     let seqs: BTreeSet<u64> = jobs.iter().filter_map(|span| span.seq).collect();
     assert_eq!(seqs, BTreeSet::from([1, 2, 3, 4]), "args.seq\n{text}");
 
-    // The trace counts from jsrun's start, the job log from the epoch: the
-    // difference is the same for every job (up to the job log's ms, and
-    // whatever time passes between two clock readings jsrun makes for one
-    // event).
+    // The trace counts on CLOCK_MONOTONIC, the job log from the epoch: the
+    // difference is the same for every job (up to whatever time passes
+    // between two clock readings jsrun makes for one event).
     let mut offsets = Vec::new();
     for span in &jobs {
         let seq = span.seq.expect("seq");
@@ -736,10 +736,10 @@ fn trace_has_a_span_per_job_and_the_token_waits() {
         assert_eq!(span.tid, row.slot as u64, "tid vs Slot: {span:?} {row:?}");
         assert_eq!(Some(&span.tid), slot_of.get(&seq), "tid vs {{%}}: {span:?}");
         assert!(
-            span.dur.abs_diff(row.runtime_ms as u64 * 1000) <= 1000,
+            span.dur.abs_diff(row.runtime_us as u64) <= 1000,
             "dur vs JobRuntime: {span:?} {row:?}"
         );
-        offsets.push(row.start_ms as i128 * 1000 - span.ts as i128);
+        offsets.push(row.start_us as i128 - span.ts as i128);
     }
     let spread = offsets.iter().max().unwrap() - offsets.iter().min().unwrap();
     assert!(
@@ -1051,4 +1051,59 @@ fn output_sync_job_does_not_load_a_spilled_output_into_memory() {
          -O job had spilled to a temp file",
         peak / MIB
     );
+}
+
+/// Microseconds of CLOCK_MONOTONIC, the clock of the trace.
+fn monotonic_us() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    Duration::from(now).as_micros() as u64
+}
+
+/// Two jsruns side by side: each trace carries its jsrun's real pid and
+/// times on CLOCK_MONOTONIC (between the test's own readings before and
+/// after), so their event arrays line up in one file; in the job log, a job
+/// that starts in a slot after another ended never seems to overlap it.
+#[test]
+fn traces_share_one_clock_and_job_log_rows_never_overlap() {
+    let sandbox = Sandbox::new();
+    let before = monotonic_us();
+    let run = |name: &str| {
+        sandbox
+            .jsrun()
+            .args(["-j1", "--trace", &format!("{name}.json")])
+            .args(["--joblog", &format!("{name}.tsv"), "true", ":::"])
+            .args(util::values(50))
+            .spawn()
+    };
+    let (a, b) = (run("a"), run("b"));
+    let pids = [a.pid() as u64, b.pid() as u64];
+    a.wait().success();
+    b.wait().success();
+    let after = monotonic_us();
+    for (name, pid) in ["a", "b"].into_iter().zip(pids) {
+        let text = fs::read_to_string(sandbox.join(format!("{name}.json"))).unwrap();
+        let trace: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let events = trace["traceEvents"].as_array().unwrap();
+        for event in events {
+            assert_eq!(event["pid"].as_u64(), Some(pid), "{event}");
+        }
+        let spans = spans(&trace);
+        assert_eq!(spans.len(), 50, "{text}");
+        for span in &spans {
+            assert!(
+                before <= span.ts && span.ts + span.dur <= after,
+                "{span:?} not within the test's clock readings {before}..{after}"
+            );
+        }
+        let mut rows = joblog_rows(&sandbox.join(format!("{name}.tsv")));
+        rows.sort_by_key(|row| row.seq);
+        for pair in rows.windows(2) {
+            assert!(
+                pair[0].start_us + pair[0].runtime_us <= pair[1].start_us,
+                "job {} ends after job {} starts: {pair:#?}",
+                pair[0].seq,
+                pair[1].seq
+            );
+        }
+    }
 }
