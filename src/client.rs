@@ -3,14 +3,92 @@
 //! Fifo and pipe look the same from outside: one private, non-blocking read descriptor to
 //! poll and read tokens from, and one descriptor to write them back through.
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
 use crate::makeflags::Auth;
 use crate::sys;
+
+/// Why a jobserver cannot be used. Each kind has its own advice ([`OpenError::hint`]):
+/// closed fds mean a missing '+', fds of the wrong kind mean a stale MAKEFLAGS.
+#[derive(Debug)]
+pub enum OpenError {
+    /// An fd of `R,W` is not open: the parent make closed it (no '+').
+    Closed(i32),
+    /// `--jobserver-auth=-2,-2`: make 4.4 in pipe style, recipe without '+'.
+    Disabled,
+    /// An fd of `R,W` is open but no pipe.
+    NotAPipe(i32),
+    /// `R` and `W` are two different pipes.
+    NotSamePipe(i32, i32),
+    /// `R` is not readable, or `W` not writable.
+    WrongMode { fd: i32, want: &'static str },
+    /// `fifo:PATH` names something that is neither a fifo nor a character device.
+    NotAFifo(PathBuf),
+    /// `fifo:PATH` cannot be opened (or stat'ed).
+    CannotOpen(PathBuf, io::Error),
+    /// `fifo:PATH` was swapped for another file while it was being opened.
+    Replaced(PathBuf),
+    /// A style jsrun does not speak, e.g. Windows' `sem:`.
+    Unknown(String),
+    /// Reading /proc about an inherited fd, or reopening it, failed.
+    Io(i32, io::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Closed(n) => write!(f, "fd {n} is closed"),
+            OpenError::Disabled => write!(f, "the parent disabled it (--jobserver-auth=-2,-2)"),
+            OpenError::NotAPipe(n) => write!(f, "fd {n} is not a pipe"),
+            OpenError::NotSamePipe(r, w) => write!(f, "fds {r} and {w} are not the same pipe"),
+            OpenError::WrongMode { fd, want } => write!(f, "fd {fd} is not open for {want}"),
+            OpenError::NotAFifo(path) => write!(f, "{} is not a fifo", path.display()),
+            OpenError::CannotOpen(path, e) => write!(f, "cannot open {}: {e}", path.display()),
+            OpenError::Replaced(path) => {
+                write!(
+                    f,
+                    "{} was replaced while it was being opened",
+                    path.display()
+                )
+            }
+            OpenError::Unknown(text) => write!(f, "unknown jobserver style '{text}'"),
+            OpenError::Io(n, e) => write!(f, "fd {n}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl OpenError {
+    /// What to do about it, for the warning of a jobserver found in MAKEFLAGS.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            OpenError::Closed(_) | OpenError::Disabled => "Add '+' to the parent make rule.",
+            OpenError::NotAPipe(_) | OpenError::NotSamePipe(..) | OpenError::WrongMode { .. } => {
+                "The fds are not a jobserver's: MAKEFLAGS is stale here (inherited past \
+                 the make that set it)."
+            }
+            OpenError::CannotOpen(_, e) if e.kind() == io::ErrorKind::NotFound => {
+                "The make that created it has ended: MAKEFLAGS is stale here."
+            }
+            OpenError::CannotOpen(_, e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                "It belongs to another user: its creator can share it (jsrun: \
+                 --jobserver-group)."
+            }
+            OpenError::NotAFifo(_) | OpenError::Replaced(_) => {
+                "fifo:PATH must name a fifo or a character device."
+            }
+            OpenError::Unknown(_) => "jsrun speaks fifo:PATH and R,W.",
+            OpenError::CannotOpen(..) | OpenError::Io(..) => "",
+        }
+    }
+}
 
 pub struct Client {
     read: OwnedFd,
@@ -22,14 +100,16 @@ pub struct Client {
 
 impl Client {
     /// Connects to the jobserver `auth` names, or says why it cannot be used.
-    pub fn open(auth: &Auth) -> Result<Client> {
-        let (read, write) = match auth {
+    pub fn open(auth: &Auth) -> Result<Client, OpenError> {
+        let (read, write, device) = match auth {
             Auth::Fifo(path) => open_fifo(path)?,
-            Auth::Pipe { read, write } => open_pipe(*read, *write)?,
-            Auth::Disabled => bail!("the parent disabled it (--jobserver-auth=-2,-2)"),
-            Auth::Unknown(text) => bail!("unknown jobserver style '{text}'"),
+            Auth::Pipe { read, write } => {
+                let (r, w) = open_pipe(*read, *write)?;
+                (r, w, false)
+            }
+            Auth::Disabled => return Err(OpenError::Disabled),
+            Auth::Unknown(text) => return Err(OpenError::Unknown(text.clone())),
         };
-        let device = sys::is_char_device(&nix::sys::stat::fstat(&read)?);
         Ok(Client {
             read,
             write,
@@ -91,49 +171,59 @@ impl Client {
 
 /// Opens a fifo (or steve's character device) read-write: a read-write open never waits
 /// for a peer, and being a writer ourselves we never see EOF/POLLHUP when others leave.
-fn open_fifo(path: &std::path::Path) -> Result<(OwnedFd, OwnedFd)> {
-    let show = path.display();
-    let stat = nix::sys::stat::stat(path).with_context(|| format!("cannot open {show}"))?;
+/// Also says whether it is a character device.
+fn open_fifo(path: &Path) -> Result<(OwnedFd, OwnedFd, bool), OpenError> {
+    let cannot = |e: Errno| OpenError::CannotOpen(path.to_owned(), e.into());
+    let stat = nix::sys::stat::stat(path).map_err(cannot)?;
     if !(sys::is_fifo(&stat) || sys::is_char_device(&stat)) {
-        bail!("{show} is not a fifo");
+        return Err(OpenError::NotAFifo(path.to_owned()));
     }
-    let fd = sys::open(path, OFlag::O_RDWR).with_context(|| format!("cannot open {show}"))?;
+    let fd =
+        sys::open(path, OFlag::O_RDWR).map_err(|e| OpenError::CannotOpen(path.to_owned(), e))?;
     // Check what was opened, not only what the path named a moment ago.
-    let opened = nix::sys::stat::fstat(&fd)?;
+    let opened = nix::sys::stat::fstat(&fd).map_err(cannot)?;
     if (opened.st_dev, opened.st_ino) != (stat.st_dev, stat.st_ino) {
-        bail!("{show} was replaced while it was being opened");
+        return Err(OpenError::Replaced(path.to_owned()));
     }
-    let write = fd.try_clone()?;
-    Ok((fd, write))
+    let write = fd
+        .try_clone()
+        .map_err(|e| OpenError::CannotOpen(path.to_owned(), e))?;
+    Ok((fd, write, sys::is_char_device(&opened)))
 }
 
 /// Validates inherited pipe fds, then opens private descriptions of both ends.
-fn open_pipe(read: i32, write: i32) -> Result<(OwnedFd, OwnedFd)> {
+fn open_pipe(read: i32, write: i32) -> Result<(OwnedFd, OwnedFd), OpenError> {
     let stat_of = |n: i32| {
         sys::inherited_fd_stat(n).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => anyhow::anyhow!("fd {n} is closed"),
-            _ => anyhow::anyhow!("fd {n}: {e}"),
+            io::ErrorKind::NotFound => OpenError::Closed(n),
+            _ => OpenError::Io(n, e),
         })
     };
     // Both are checked before anything is opened (see sys::inherited_fd_stat).
     let (rs, ws) = (stat_of(read)?, stat_of(write)?);
     for (n, s) in [(read, &rs), (write, &ws)] {
         if !sys::is_fifo(s) {
-            bail!("fd {n} is not a pipe");
+            return Err(OpenError::NotAPipe(n));
         }
     }
     if (rs.st_dev, rs.st_ino) != (ws.st_dev, ws.st_ino) {
-        bail!("fds {read} and {write} are not the same pipe");
+        return Err(OpenError::NotSamePipe(read, write));
     }
-    if sys::inherited_fd_access(read)? == OFlag::O_WRONLY {
-        bail!("fd {read} is not open for reading");
+    let access = |n: i32| sys::inherited_fd_access(n).map_err(|e| OpenError::Io(n, e));
+    if access(read)? == OFlag::O_WRONLY {
+        return Err(OpenError::WrongMode {
+            fd: read,
+            want: "reading",
+        });
     }
-    if sys::inherited_fd_access(write)? == OFlag::O_RDONLY {
-        bail!("fd {write} is not open for writing");
+    if access(write)? == OFlag::O_RDONLY {
+        return Err(OpenError::WrongMode {
+            fd: write,
+            want: "writing",
+        });
     }
-    let private = |n: i32, access: OFlag| {
-        sys::reopen_inherited(n, access).with_context(|| format!("cannot reopen fd {n}"))
-    };
+    let private =
+        |n: i32, access: OFlag| sys::reopen_inherited(n, access).map_err(|e| OpenError::Io(n, e));
     Ok((
         private(read, OFlag::O_RDONLY)?,
         private(write, OFlag::O_WRONLY)?,
@@ -150,7 +240,7 @@ mod tests {
     }
 
     fn error(auth: Auth) -> String {
-        format!("{:#}", Client::open(&auth).err().expect("an error"))
+        Client::open(&auth).err().expect("an error").to_string()
     }
 
     #[test]
@@ -204,6 +294,61 @@ mod tests {
         assert!(got.contains("closed") || got.contains("pipe"), "{got}");
         assert!(error(Auth::Disabled).contains("disabled"));
         assert!(error(Auth::Unknown("sem".into())).contains("unknown"));
+    }
+
+    /// Each kind of failure carries its own advice: '+' only where the fds were closed
+    /// or disabled by the parent make.
+    #[test]
+    fn each_failure_has_the_hint_that_fits_it() {
+        let (r1, w1) = pipe();
+        let (_r2, w2) = pipe();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let plus = "Add '+'";
+        let cases = [
+            (OpenError::Closed(3), plus),
+            (OpenError::Disabled, plus),
+            (
+                Client::open(&Auth::Pipe {
+                    read: r1.as_raw_fd(),
+                    write: w2.as_raw_fd(),
+                })
+                .err()
+                .unwrap(),
+                "stale",
+            ),
+            (
+                Client::open(&Auth::Pipe {
+                    read: w1.as_raw_fd(),
+                    write: r1.as_raw_fd(),
+                })
+                .err()
+                .unwrap(),
+                "stale",
+            ),
+            (
+                Client::open(&Auth::Fifo(dir.path().join("none")))
+                    .err()
+                    .unwrap(),
+                "has ended",
+            ),
+            (
+                Client::open(&Auth::Fifo(file)).err().unwrap(),
+                "must name a fifo",
+            ),
+            (OpenError::Unknown("sem:x".into()), "fifo:PATH and R,W"),
+            (
+                OpenError::CannotOpen("/x".into(), io::Error::from(Errno::EACCES)),
+                "--jobserver-group",
+            ),
+        ];
+        for (error, want) in cases {
+            assert!(error.hint().contains(want), "{error}: {}", error.hint());
+            if want != plus {
+                assert!(!error.hint().contains(plus), "{error}: {}", error.hint());
+            }
+        }
     }
 
     #[test]

@@ -114,12 +114,12 @@ fn execute(config: Config) -> Result<Status> {
             Err(e) => {
                 // make's rule for a sub-make whose jobserver is gone: one job at a time.
                 // A pool of jsrun's own here would multiply the parent's -j.
-                let hint = match auth {
-                    Auth::Pipe { .. } | Auth::Disabled => " Add '+' to the parent make rule.",
-                    _ => "",
+                let hint = match e.hint() {
+                    "" => String::new(),
+                    hint => format!(" {hint}"),
                 };
                 crate::say!(
-                    "jsrun: warning: jobserver unavailable: {e:#} ({var} has \
+                    "jsrun: warning: jobserver unavailable: {e} ({var} has \
                      --jobserver-auth={auth}); running one job at a time.{hint}"
                 );
                 let pool = Pool {
@@ -420,7 +420,10 @@ fn describe_jobserver(config: &Config, out: &mut String) -> Status {
             Status::SUCCESS
         }
         Err(e) => {
-            put!("usable: no ({e:#})");
+            put!("usable: no ({e})");
+            if !e.hint().is_empty() {
+                put!("hint: {}", e.hint());
+            }
             Status::Code(1)
         }
     }
