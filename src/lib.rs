@@ -9,9 +9,11 @@
 
 pub mod cli;
 pub mod client;
+pub mod info;
 pub mod jobs;
 pub mod makeflags;
 pub mod output;
+pub mod pool;
 pub mod report;
 pub mod run;
 pub mod say;

@@ -2,32 +2,24 @@
 //! supervision loop, report, clean up.
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::cli::{self, Config, Input};
-use crate::client::Client;
+use crate::info;
+use crate::jobs::Job;
 use crate::jobs::source::{self, Next, Source};
 use crate::jobs::template::{Fill, Template};
-use crate::jobs::{self, Job};
-use crate::makeflags::{Auth, MakeFlags};
+use crate::makeflags::MakeFlags;
 use crate::output::Output;
+use crate::pool::{Inherited, Pool};
 use crate::report::{Report, Sinks};
 use crate::say;
-use crate::server::{self, Server, Style};
 use crate::status::{self, Status};
-use crate::supervise::{self, Plan, Pool};
+use crate::supervise::{self, Plan};
 use crate::sys::{self, Signals};
-
-/// The variables a jobserver is looked for in, in this order. MAKEFLAGS first, as make
-/// reads it; CARGO_MAKEFLAGS is how cargo hands its jobserver to build scripts; the first
-/// one that names a jobserver wins (unlike the jobserver crate, an empty or stale variable
-/// does not hide a good one further down).
-const JOBSERVER_VARS: [&str; 3] = ["MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"];
 
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Status {
     // First of all, so that no signal can come too early to be obeyed.
@@ -48,29 +40,17 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Status {
     }
 }
 
-/// The jobserver named in the environment: the variable, its auth, and the `-jN` beside it.
-fn jobserver_from_env() -> Option<(&'static str, Auth, Option<usize>)> {
-    JOBSERVER_VARS.iter().find_map(|&name| {
-        let flags = MakeFlags::parse(&std::env::var(name).ok()?);
-        let jobs = flags.jobs.flatten().map(|n| n as usize).filter(|&n| n > 0);
-        Some((name, flags.auth?, jobs))
-    })
-}
-
 fn execute(config: Config) -> Result<Status> {
     // Inherited jobserver fds are checked before jsrun opens any file of its own, which
     // could otherwise take the number of a closed one.
     if config.info {
         sys::release_signals();
-        return print_info(&config);
+        return info::print(&config);
     }
     let makeflags = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default());
     let dry_run = config.dry_run || makeflags.dry_run();
     let inherited = match (&config.jobserver, dry_run) {
-        (None, false) => jobserver_from_env().map(|(var, auth, jobs)| {
-            let client = Client::open(&auth);
-            (var, auth, jobs, client)
-        }),
+        (None, false) => Inherited::open(),
         _ => None,
     };
     let (template, source, shell_lines) = jobs_of(&config)?;
@@ -78,65 +58,12 @@ fn execute(config: Config) -> Result<Status> {
         sys::release_signals();
         return print_jobs(&template, source, shell_lines);
     }
-    // Signals are blocked from here on and read in the loop, so an interrupt at any
-    // point still removes the fifo and gives every token back.
+    // The handled signals are blocked since the first instruction and read in the loop,
+    // so an interrupt at any point still removes the fifo and gives every token back.
     let signals = Signals::new().context("cannot set up signal handling")?;
-    let mut server = None;
-    let (mut pool, cap) = match (&config.jobserver, inherited) {
-        (Some(auth), _) => {
-            let client =
-                Client::open(auth).with_context(|| format!("cannot use --jobserver={auth}"))?;
-            // No -j word: "-j" alone would read as "unlimited" to a tool that sizes itself
-            // from it; make, ninja and Portage use the jobserver without one.
-            export(&auth_words(auth));
-            let pool = Pool {
-                client: Some(client),
-                implicit: 0,
-            };
-            (pool, config.jobs.unwrap_or(usize::MAX))
-        }
-        (None, Some((var, auth, advertised, client))) => match client {
-            Ok(client) => {
-                let pool = Pool {
-                    client: Some(client),
-                    implicit: 1,
-                };
-                // A character device may hand out tokens without end (fifo:/dev/zero):
-                // never more jobs than the pool's advertised size. A pipe or fifo holds
-                // what its owner put in it, and an owner may grow it while we run.
-                let cap = config.jobs.unwrap_or(usize::MAX);
-                let cap = match (advertised, pool.client.as_ref().map(Client::is_device)) {
-                    (Some(n), Some(true)) => cap.min(n),
-                    _ => cap,
-                };
-                (pool, cap)
-            }
-            Err(e) => {
-                // make's rule for a sub-make whose jobserver is gone: one job at a time.
-                // A pool of jsrun's own here would multiply the parent's -j.
-                let hint = match e.hint() {
-                    "" => String::new(),
-                    hint => format!(" {hint}"),
-                };
-                crate::say!(
-                    "jsrun: warning: jobserver unavailable: {e} ({var} has \
-                     --jobserver-auth={auth}); running one job at a time.{hint}"
-                );
-                let pool = Pool {
-                    client: None,
-                    implicit: 1,
-                };
-                (pool, 1)
-            }
-        },
-        (None, None) => serve_or_alone(&config, &template, &mut server)?,
-    };
+    let (pool, cap) = Pool::new(&config, inherited, &template)?;
     // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached.
-    let slots = match (cap, makeflags.jobs) {
-        (usize::MAX, Some(Some(n))) => Some(n as usize),
-        (usize::MAX, _) => None,
-        (n, _) => Some(n),
-    };
+    let slots = pool.slots(cap);
     let total = match &config.input {
         Input::None => Some(1),
         Input::Values(values) => Some(values.len()),
@@ -158,14 +85,11 @@ fn execute(config: Config) -> Result<Status> {
         verbose: config.verbose,
         shell_lines,
     };
-    let outcome = supervise::run(plan, &mut pool, &signals, &mut report, &mut output);
-    if let (Some(server), Some(client)) = (&server, &pool.client)
-        && let Some(warning) = server.count_tokens(client)
-    {
+    let outcome = supervise::run(plan, &pool, &signals, &mut report, &mut output);
+    // Counts an own pool's tokens and removes its fifo and directory.
+    if let Some(warning) = pool.close() {
         crate::say!("jsrun: warning: {warning}");
     }
-    // Removes the fifo and its directory.
-    drop(server);
     report.close();
     let outcome = outcome?;
     if config.stats {
@@ -175,124 +99,6 @@ fn execute(config: Config) -> Result<Status> {
         Some(sig) => Status::Killed(sig),
         None => outcome.status,
     })
-}
-
-/// With -jN: a jobserver of jsrun's own. Without: one job at a time, like make.
-fn serve_or_alone(
-    config: &Config,
-    template: &Template,
-    server: &mut Option<Server>,
-) -> Result<(Pool, usize)> {
-    let Some(n) = config.jobs else {
-        let pool = Pool {
-            client: None,
-            implicit: 1,
-        };
-        return Ok((pool, 1));
-    };
-    let style = match config.jobserver_style {
-        Some(style) => style,
-        None => default_style(template, config.verbose),
-    };
-    let (created, client) =
-        Server::create(style, n, config.jobserver_group).context("cannot create a jobserver")?;
-    export(&created.makeflags_words());
-    if config.verbose {
-        crate::say!(
-            "jsrun: serving {n} slots through --jobserver-auth={}",
-            created.auth()
-        );
-    }
-    *server = Some(created);
-    Ok((
-        Pool {
-            client: Some(client),
-            implicit: 1,
-        },
-        n,
-    ))
-}
-
-/// Programs that speak only the fifo style (upstream ninja, samurai, Portage).
-const FIFO_ONLY: [&str; 3] = ["ninja", "samu", "emerge"];
-
-/// The style of a pool jsrun creates, when `--jobserver-style` does not say: fifo, unless
-/// a GNU make older than 4.4 may read it, which dies on a fifo ("invalid --jobserver-auth
-/// string"). That make is the command itself when it is `make` or `gmake`, else the `make`
-/// on PATH, which any command may run (`nice make`, `sh -c make`, a build script). Commands
-/// that speak only fifo keep it. One `--version` probe at most.
-fn default_style(template: &Template, verbose: bool) -> Style {
-    let program = template.constant_program().map(Path::new);
-    let name = program.and_then(Path::file_name).unwrap_or_default();
-    if FIFO_ONLY.iter().any(|&n| name == n) {
-        return Style::Fifo;
-    }
-    let (make, why) = match program {
-        Some(program) if name == "make" || name == "gmake" => (program.as_os_str(), "the command"),
-        _ => (
-            "make".as_ref(),
-            "the make on PATH, which the command may run",
-        ),
-    };
-    let Ok(path) = jobs::resolve(make) else {
-        return Style::Fifo;
-    };
-    match make_version(&path) {
-        Some(v) if v < (4, 4) => {
-            if verbose {
-                crate::say!(
-                    "jsrun: {} ({why}) is GNU make {}.{}, which only knows pipe jobservers: \
-                     using --jobserver-style=pipe",
-                    path.display(),
-                    v.0,
-                    v.1
-                );
-            }
-            Style::Pipe
-        }
-        _ => Style::Fifo,
-    }
-}
-
-/// Asks `make --version`.
-fn make_version(path: &Path) -> Option<(u32, u32)> {
-    let out = std::process::Command::new(path)
-        .arg("--version")
-        .env_remove("MAKEFLAGS")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    gnu_make_version(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// `(major, minor)` from the first line of `make --version`: "GNU Make 4.3".
-fn gnu_make_version(text: &str) -> Option<(u32, u32)> {
-    let rest = text.lines().next()?.strip_prefix("GNU Make ")?;
-    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    Some((major, minor))
-}
-
-/// The MAKEFLAGS words naming `auth`: pipes under both spellings, for make < 4.2.
-fn auth_words(auth: &Auth) -> String {
-    match auth {
-        Auth::Pipe { .. } => format!("--jobserver-fds={auth} --jobserver-auth={auth}"),
-        _ => format!(
-            "--jobserver-auth={}",
-            crate::makeflags::escape(&auth.to_string())
-        ),
-    }
-}
-
-/// Puts `words` (`-jN --jobserver-auth=...`) into the environment all children inherit.
-fn export(words: &str) {
-    for (name, value) in server::export_env(words) {
-        // SAFETY: jsrun is single-threaded: no other thread can read or write the
-        // environment while it is changed.
-        unsafe { std::env::set_var(name, value) };
-    }
 }
 
 /// The template and job source the command line describes; `true` for command lines run
@@ -344,110 +150,6 @@ fn print_jobs(template: &Template, mut source: Source, shell_lines: bool) -> Res
                 out.flush()?;
                 return Ok(Status::SUCCESS);
             }
-        }
-    }
-}
-
-/// How many tokens `--info` takes from a character device with no -jN beside it before it
-/// calls the device unbounded: more than any real pool lends at once.
-const UNBOUNDED_PROBE: usize = 4096;
-
-/// `--info`: the jobserver jsrun would use. Exit 0 when usable, 1 when not.
-fn print_info(config: &Config) -> Result<Status> {
-    let mut text = String::new();
-    let status = describe_jobserver(config, &mut text);
-    say::stdout(&text)?;
-    Ok(status)
-}
-
-/// The lines of `--info`, into `out`; the status says whether the jobserver is usable.
-fn describe_jobserver(config: &Config, out: &mut String) -> Status {
-    // Writing into a String cannot fail.
-    macro_rules! put {
-        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
-    }
-    let (source, auth, implicit, advertised) = match (&config.jobserver, jobserver_from_env()) {
-        (Some(auth), _) => ("--jobserver", Some(auth.clone()), false, None),
-        (None, Some((var, auth, jobs))) => (var, Some(auth), true, jobs),
-        (None, None) => ("none", None, false, None),
-    };
-    put!("source: {source}");
-    let jobs = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default()).jobs;
-    match jobs {
-        Some(Some(n)) => put!("make -j: {n}"),
-        Some(None) => put!("make -j: unlimited"),
-        None => put!("make -j: none"),
-    }
-    if let Some(n) = config.jobs {
-        put!("jsrun -j: {n}");
-    }
-    let Some(auth) = auth else {
-        // With -jN jsrun would serve a jobserver of its own: that one is usable.
-        return match config.jobs {
-            Some(n) => {
-                put!("jsrun would create a jobserver with {n} slots");
-                Status::SUCCESS
-            }
-            None => {
-                put!("jsrun would run one job at a time");
-                Status::Code(1)
-            }
-        };
-    };
-    let style = match &auth {
-        Auth::Fifo(_) => "fifo",
-        Auth::Pipe { .. } => "pipe",
-        Auth::Disabled => "disabled",
-        Auth::Unknown(_) => "unknown",
-    };
-    put!("style: {style}");
-    put!("auth: {auth}");
-    put!("implicit slot: {}", if implicit { "yes" } else { "no" });
-    match Client::open(&auth) {
-        Ok(client) => {
-            put!("usable: yes");
-            match client.available() {
-                Ok(n) => put!("free tokens: {n}"),
-                Err(e) => put!("free tokens: unknown ({e})"),
-            }
-            if let Ok(true) = client.looks_unbounded(advertised.unwrap_or(UNBOUNDED_PROBE)) {
-                let bound = match advertised {
-                    Some(n) => format!("jsrun runs at most {n} jobs (make -j{n})"),
-                    None => "nothing bounds jsrun's jobs but -jN".into(),
-                };
-                put!("warning: {auth} looks unbounded: it never runs out of tokens; {bound}");
-            }
-            Status::SUCCESS
-        }
-        Err(e) => {
-            put!("usable: no ({e})");
-            if !e.hint().is_empty() {
-                put!("hint: {}", e.hint());
-            }
-            Status::Code(1)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn make_versions() {
-        let cases = [
-            (
-                "GNU Make 4.3\nBuilt for x86_64-pc-linux-gnu\n",
-                Some((4, 3)),
-            ),
-            ("GNU Make 4.4.1\n", Some((4, 4))),
-            ("GNU Make 3.82\n", Some((3, 82))),
-            ("GNU Make 4.4.90\n", Some((4, 4))),
-            ("bmake 20240711\n", None),
-            ("", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(gnu_make_version(text), want, "{text:?}");
         }
     }
 }

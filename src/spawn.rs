@@ -28,8 +28,8 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Call after jsrun's own environment changes (the jobserver export) are done.
-    pub fn new(stdin_null: bool) -> io::Result<Spawner> {
+    /// Jobs get jsrun's environment with `vars` set (the pool's MAKEFLAGS and friends).
+    pub fn new(stdin_null: bool, vars: &[(&str, String)]) -> io::Result<Spawner> {
         let mut attr = PosixSpawnAttr::init()?;
         attr.set_sigmask(&SigSet::empty())?;
         let mut defaults = SigSet::empty();
@@ -38,11 +38,17 @@ impl Spawner {
         attr.set_flags(
             PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
         )?;
-        let env = std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let mut entry = k.into_encoded_bytes();
+        let inherited = std::env::vars_os()
+            .filter(|(k, _)| vars.iter().all(|(name, _)| k != name))
+            .map(|(k, v)| (k.into_encoded_bytes(), v.into_encoded_bytes()));
+        let set = vars
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+        let env = inherited
+            .chain(set)
+            .filter_map(|(mut entry, value)| {
                 entry.push(b'=');
-                entry.extend_from_slice(v.as_encoded_bytes());
+                entry.extend_from_slice(&value);
                 CString::new(entry).ok()
             })
             .collect();

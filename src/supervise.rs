@@ -19,22 +19,15 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::client::Client;
 use crate::jobs::source::{Next, Source};
 use crate::jobs::template::{Fill, Template};
 use crate::jobs::{self, Job};
 use crate::output::{Capture, Output};
+use crate::pool::Pool;
 use crate::report::{Finished, Report};
 use crate::spawn::Spawner;
 use crate::status::Status;
 use crate::sys::{self, Signals};
-
-/// Where slots come from.
-pub struct Pool {
-    pub client: Option<Client>,
-    /// Jobs jsrun may run without a token: 1 (its implicit slot), or 0 under `--jobserver`.
-    pub implicit: usize,
-}
 
 /// What to run and how.
 pub struct Plan {
@@ -78,7 +71,7 @@ const LOAD_RECHECK: Duration = Duration::from_secs(1);
 struct Supervisor<'a> {
     plan: Plan,
     signals: &'a Signals,
-    pool: &'a mut Pool,
+    pool: &'a Pool,
     report: &'a mut Report,
     output: &'a mut Output,
     spawner: Spawner,
@@ -106,13 +99,13 @@ struct Supervisor<'a> {
 
 pub fn run(
     plan: Plan,
-    pool: &mut Pool,
+    pool: &Pool,
     signals: &Signals,
     report: &mut Report,
     output: &mut Output,
 ) -> Result<Outcome> {
-    let spawner =
-        Spawner::new(plan.source.reads_stdin()).context("cannot prepare to start jobs")?;
+    let spawner = Spawner::new(plan.source.reads_stdin(), &pool.env())
+        .context("cannot prepare to start jobs")?;
     let mut sup = Supervisor {
         plan,
         signals,
@@ -207,7 +200,7 @@ impl Supervisor<'_> {
                 break;
             }
             let Some(slot) = self.take_slot() else {
-                wants.token = self.pool.client.is_some() && !self.jobserver_failed;
+                wants.token = self.pool.client().is_some() && !self.jobserver_failed;
                 break;
             };
             let mut job = self.pending.take().expect("a pending job");
@@ -292,15 +285,11 @@ impl Supervisor<'_> {
 
     /// A slot for one more job: the implicit slot when free, else a token read now.
     fn take_slot(&mut self) -> Option<Slot> {
-        if self.pool.implicit > 0 && !self.implicit_busy {
+        if self.pool.implicit() > 0 && !self.implicit_busy {
             self.implicit_busy = true;
             return Some(Slot::Implicit);
         }
-        let client = self
-            .pool
-            .client
-            .as_ref()
-            .filter(|_| !self.jobserver_failed)?;
+        let client = self.pool.client().filter(|_| !self.jobserver_failed)?;
         match client.try_acquire() {
             Ok(Some(token)) => {
                 self.report.token_acquired(self.waiting_since.take());
@@ -312,7 +301,7 @@ impl Supervisor<'_> {
             }
             Err(e) => {
                 self.jobserver_failed = true;
-                if self.pool.implicit == 0 && self.running.is_empty() {
+                if self.pool.implicit() == 0 && self.running.is_empty() {
                     // No slot will ever come: nothing can run.
                     crate::say!(
                         "jsrun: error: jobserver {} failed ({e}) before any job could start",
@@ -336,7 +325,7 @@ impl Supervisor<'_> {
         match slot {
             Slot::Implicit => self.implicit_busy = false,
             Slot::Token(token) => {
-                if let Some(client) = &self.pool.client
+                if let Some(client) = self.pool.client()
                     && let Err(e) = client.release(token)
                 {
                     crate::say!("jsrun: warning: cannot give a token back to the jobserver: {e}");
@@ -400,7 +389,7 @@ impl Supervisor<'_> {
 
     fn wait(&mut self, wants: &Wants) -> Result<()> {
         let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-        let token_fd = match (&self.pool.client, wants.token) {
+        let token_fd = match (self.pool.client(), wants.token) {
             (Some(client), true) => Some(client.fd()),
             _ => None,
         };

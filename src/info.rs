@@ -1,0 +1,93 @@
+//! `--info`: the jobserver jsrun would use here, for `+jsrun --info` in a recipe.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use crate::cli::Config;
+use crate::client::Client;
+use crate::makeflags::{Auth, MakeFlags};
+use crate::pool;
+use crate::say;
+use crate::status::Status;
+
+/// How many tokens `--info` takes from a character device with no -jN beside it before it
+/// calls the device unbounded: more than any real pool lends at once.
+const UNBOUNDED_PROBE: usize = 4096;
+
+/// `--info`: the jobserver jsrun would use. Exit 0 when usable, 1 when not.
+pub fn print(config: &Config) -> Result<Status> {
+    let mut text = String::new();
+    let status = describe_jobserver(config, &mut text);
+    say::stdout(&text)?;
+    Ok(status)
+}
+
+/// The lines of `--info`, into `out`; the status says whether the jobserver is usable.
+fn describe_jobserver(config: &Config, out: &mut String) -> Status {
+    // Writing into a String cannot fail.
+    macro_rules! put {
+        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
+    }
+    let (source, auth, implicit, advertised) = match (&config.jobserver, pool::find_in_env()) {
+        (Some(auth), _) => ("--jobserver", Some(auth.clone()), false, None),
+        (None, Some(found)) => (found.var, Some(found.auth), true, found.advertised),
+        (None, None) => ("none", None, false, None),
+    };
+    put!("source: {source}");
+    let jobs = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default()).jobs;
+    match jobs {
+        Some(Some(n)) => put!("make -j: {n}"),
+        Some(None) => put!("make -j: unlimited"),
+        None => put!("make -j: none"),
+    }
+    if let Some(n) = config.jobs {
+        put!("jsrun -j: {n}");
+    }
+    let Some(auth) = auth else {
+        // With -jN jsrun would serve a jobserver of its own: that one is usable.
+        return match config.jobs {
+            Some(n) => {
+                put!("jsrun would create a jobserver with {n} slots");
+                Status::SUCCESS
+            }
+            None => {
+                put!("jsrun would run one job at a time");
+                Status::Code(1)
+            }
+        };
+    };
+    let style = match &auth {
+        Auth::Fifo(_) => "fifo",
+        Auth::Pipe { .. } => "pipe",
+        Auth::Disabled => "disabled",
+        Auth::Unknown(_) => "unknown",
+    };
+    put!("style: {style}");
+    put!("auth: {auth}");
+    put!("implicit slot: {}", if implicit { "yes" } else { "no" });
+    match Client::open(&auth) {
+        Ok(client) => {
+            put!("usable: yes");
+            match client.available() {
+                Ok(n) => put!("free tokens: {n}"),
+                Err(e) => put!("free tokens: unknown ({e})"),
+            }
+            if let Ok(true) = client.looks_unbounded(advertised.unwrap_or(UNBOUNDED_PROBE)) {
+                let bound = match advertised {
+                    Some(n) => format!("jsrun runs at most {n} jobs (make -j{n})"),
+                    None => "nothing bounds jsrun's jobs but -jN".into(),
+                };
+                put!("warning: {auth} looks unbounded: it never runs out of tokens; {bound}");
+            }
+            Status::SUCCESS
+        }
+        Err(e) => {
+            put!("usable: no ({e})");
+            if !e.hint().is_empty() {
+                put!("hint: {}", e.hint());
+            }
+            Status::Code(1)
+        }
+    }
+}
