@@ -4,8 +4,9 @@
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::makeflags::Auth;
 use crate::server::Style;
@@ -13,7 +14,7 @@ use crate::status::Status;
 
 /// Run commands in parallel within one GNU make jobserver budget.
 ///
-/// Under make (a `+jsrun ...` recipe) or any jobserver, jsrun is a client: its first job
+/// Under make (a +jsrun recipe) or any jobserver, jsrun is a client: its first job
 /// runs in the implicit slot, every further concurrent job takes a token that goes back
 /// when the job ends. With -jN and no jobserver around, it creates one with N slots and
 /// exports it to its children through MAKEFLAGS, so make, ninja, cargo and emerge below it
@@ -22,6 +23,7 @@ use crate::status::Status;
 #[command(
     name = "jsrun",
     version,
+    args_override_self = true,
     override_usage = "jsrun [OPTIONS] [--] COMMAND [ARG...]\n       \
                       jsrun [OPTIONS] [--] COMMAND [ARG...] ::: VALUE...\n       \
                       jsrun [OPTIONS] [--] COMMAND [ARG...] :::: FILE\n       \
@@ -31,12 +33,19 @@ use crate::status::Status;
                   number. Without any, the value is appended as the last argument.\n\n\
                   Exit status: the job's status (128+S if killed by signal S); with several \
                   jobs, 0 or the status of the first failed job; 125 jsrun error, 126 not \
-                  executable, 127 not found."
+                  executable, 127 not found, 141 jsrun's stdout closed."
 )]
 pub struct Cli {
-    /// Job slots: at most N jobs at once. Bare -j or -j0: the number of CPUs. With no
-    /// usable jobserver around, jsrun creates one with N slots for its children.
-    #[arg(short = 'j', long = "jobs", value_name = "N", num_args = 0..=1, default_missing_value = "0")]
+    /// Job slots: at most N jobs at once (-jN, -j N or --jobs=N). Bare -j or -j0: the
+    /// number of CPUs; before a command write -j -- COMMAND. With no usable jobserver
+    /// around, jsrun creates one with N slots for its children.
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        value_name = "N",
+        num_args = 0..=1,
+        default_missing_value = "0"
+    )]
     pub jobs: Option<usize>,
 
     /// Start no further job while the 1-minute load average is at least LOAD (one job may
@@ -64,7 +73,8 @@ pub struct Cli {
     #[arg(long, value_name = "AUTH")]
     pub jobserver: Option<String>,
 
-    /// Group the output of jobs: by line, or by job (bare -O).
+    /// Group the output of jobs: by line (-Oline) or by job (-Ojob, or a bare -O). The
+    /// mode is attached, as in make: -O line runs a command named line.
     #[arg(
         short = 'O',
         long,
@@ -76,7 +86,7 @@ pub struct Cli {
     )]
     pub output_sync: Option<OutputSync>,
 
-    /// Prefix each output line with the job's value (implies -O line unless -O is given).
+    /// Prefix each output line with the job's value (implies -Oline unless -O is given).
     #[arg(long)]
     pub tag: bool,
 
@@ -163,20 +173,30 @@ pub struct Config {
 
 /// Parses jsrun's arguments; on a usage error prints it and returns the status to exit with.
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status> {
-    let cli = Cli::try_parse_from(attach_output_sync(args)).map_err(|e| {
-        let _ = e.print();
-        if !e.use_stderr() {
-            return Status::SUCCESS;
-        }
-        if e.kind() == clap::error::ErrorKind::ValueValidation && e.to_string().contains("--jobs") {
-            crate::say!(
-                "tip: -j takes a number; for all CPUs before a command write: -j -- COMMAND"
-            );
-        }
-        Status::USAGE
-    })?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let scan = Scan::new(&cmd, args.into_iter().collect());
+    let cli = cmd
+        .try_get_matches_from_mut(scan.args)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .map_err(|e| {
+            let _ = e.print();
+            if !e.use_stderr() {
+                return Status::SUCCESS;
+            }
+            if e.kind() == clap::error::ErrorKind::ValueValidation
+                && e.to_string().contains("--jobs")
+            {
+                crate::say!(
+                    "tip: -j takes a number; for all CPUs before a command write: -j -- COMMAND"
+                );
+            }
+            Status::USAGE
+        })?;
+    if let Ok(mut slot) = MODE_AS_COMMAND.lock() {
+        *slot = scan.mode_as_command;
+    }
     Config::try_from(cli).map_err(|message| {
-        let mut cmd = Cli::command();
         let _ = cmd
             .error(clap::error::ErrorKind::ValueValidation, message)
             .print();
@@ -184,21 +204,156 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status
     })
 }
 
-/// make spells `-O TYPE` attached, `-Oline`; clap's optional value needs `-O=line` (a bare
-/// `-O` must not swallow the command). Rewrites `-Oline` to `--output-sync=line` among
-/// jsrun's own options, before the command.
-fn attach_output_sync<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
-    let mut args: Vec<OsString> = args.into_iter().collect();
-    for arg in args.iter_mut().skip(1) {
-        let Some(text) = arg.to_str() else { break };
-        if text == "--" || !text.starts_with('-') {
+/// How an option takes its value, as clap's definition says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takes {
+    Nothing,
+    /// Attached (`-lN`, `--joblog=F`) or as the next word.
+    Value,
+    /// Optional: attached, or the next word when it is a number (`-j`, `-j4`, `-j 4`).
+    OptionalNumber,
+    /// Optional and only attached (`-O`, `-Oline`, `-O=line`, `--output-sync=line`), so
+    /// that the next word stays the command.
+    OptionalAttached,
+}
+
+fn takes(arg: &clap::Arg) -> Takes {
+    match arg.get_num_args() {
+        Some(range) if range.takes_values() && range.min_values() > 0 => Takes::Value,
+        Some(range) if range.takes_values() && arg.is_require_equals_set() => {
+            Takes::OptionalAttached
+        }
+        Some(range) if range.takes_values() => Takes::OptionalNumber,
+        _ => Takes::Nothing,
+    }
+}
+
+/// `-j`'s separate value: a word that reads as a number (negative ones included, so that
+/// `-j -3` is refused as a value rather than taken for an option).
+fn is_number(word: Option<&OsString>) -> bool {
+    let Some(word) = word.and_then(|w| w.to_str()) else {
+        return false;
+    };
+    let digits = word.strip_prefix('-').unwrap_or(word);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A command word that reads as a mode and came right after a bare `-O` (`-O line`): it
+/// runs as a command, as in make, and "command not found" suggests the attached spelling.
+static MODE_AS_COMMAND: Mutex<Option<ModeAsCommand>> = Mutex::new(None);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModeAsCommand {
+    word: OsString,
+    /// The option as it was written, `-O` or `--output-sync`.
+    option: String,
+}
+
+/// The hint for "command not found: NAME": ` (did you mean -Oline? -O takes its mode
+/// attached)` when NAME was a mode written after a bare `-O`, else empty.
+pub fn not_found_hint(name: &std::ffi::OsStr) -> String {
+    let Ok(slot) = MODE_AS_COMMAND.lock() else {
+        return String::new();
+    };
+    match &*slot {
+        Some(found) if found.word == name => {
+            let word = name.to_string_lossy();
+            let option = &found.option;
+            if option.starts_with("--") {
+                format!(" (did you mean {option}={word}? {option} takes its mode after '=')")
+            } else {
+                format!(" (did you mean {option}{word}? {option} takes its mode attached)")
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+/// jsrun's own options read as make reads them, before clap sees them. make spells an
+/// optional value attached, `-Oline`, which clap reads as `-O -l ine`; the scan rewrites
+/// it to `-O=line`. It knows from clap's definition which options take the next word as
+/// their value, and stops at `--` or at the command: nothing after it is touched.
+#[derive(Debug)]
+struct Scan {
+    args: Vec<OsString>,
+    mode_as_command: Option<ModeAsCommand>,
+}
+
+impl Scan {
+    fn new(cmd: &clap::Command, mut args: Vec<OsString>) -> Scan {
+        let by_long = |name: &str| cmd.get_arguments().find(|a| a.get_long() == Some(name));
+        let by_short = |c: char| cmd.get_arguments().find(|a| a.get_short() == Some(c));
+        let mut mode_as_command = None;
+        // The word before was an option whose optional value must be attached, bare.
+        let mut bare: Option<(&clap::Arg, String)> = None;
+        let mut at = 1;
+        while at < args.len() {
+            let before = bare.take();
+            let Some(word) = args[at].to_str() else { break };
+            at += 1;
+            if word == "--" {
+                break;
+            }
+            if let Some(long) = word.strip_prefix("--") {
+                let (name, attached) = match long.split_once('=') {
+                    Some((name, _)) => (name, true),
+                    None => (long, false),
+                };
+                let Some(arg) = by_long(name) else { continue };
+                match takes(arg) {
+                    Takes::Value if !attached => at += 1,
+                    Takes::OptionalNumber if !attached && is_number(args.get(at)) => at += 1,
+                    Takes::OptionalAttached if !attached => bare = Some((arg, format!("--{name}"))),
+                    _ => {}
+                }
+                continue;
+            }
+            if let Some(shorts) = word.strip_prefix('-').filter(|s| !s.is_empty()) {
+                let mut rewrite = None;
+                for (pos, c) in shorts.char_indices() {
+                    let rest = &shorts[pos + c.len_utf8()..];
+                    let Some(arg) = by_short(c) else { break };
+                    match takes(arg) {
+                        Takes::Nothing => continue,
+                        Takes::Value if rest.is_empty() => at += 1,
+                        Takes::OptionalNumber if rest.is_empty() && is_number(args.get(at)) => {
+                            at += 1
+                        }
+                        Takes::OptionalAttached if rest.is_empty() => {
+                            bare = Some((arg, format!("-{c}")));
+                        }
+                        Takes::OptionalAttached if !rest.starts_with('=') => {
+                            let split = 1 + pos + c.len_utf8();
+                            rewrite = Some(format!("{}={rest}", &word[..split]));
+                        }
+                        _ => {}
+                    }
+                    break;
+                }
+                if let Some(word) = rewrite {
+                    args[at - 1] = word.into();
+                }
+                continue;
+            }
+            // The command.
+            if let Some((arg, option)) = before
+                && arg
+                    .get_possible_values()
+                    .iter()
+                    .any(|value| value.matches(word, false))
+            {
+                mode_as_command = Some(ModeAsCommand {
+                    word: word.into(),
+                    option,
+                });
+            }
             break;
         }
-        if let Some(mode @ ("none" | "line" | "job")) = text.strip_prefix("-O") {
-            *arg = format!("--output-sync={mode}").into();
+        Scan {
+            args,
+            mode_as_command,
         }
     }
-    args
 }
 
 impl TryFrom<Cli> for Config {
@@ -372,6 +527,104 @@ mod tests {
             parse(os(&["jsrun", "--jobserver=nonsense", "x"])).unwrap_err(),
             Status::USAGE
         );
+    }
+
+    /// Runs the scan over `words` (after the program name).
+    fn scan(words: &[&str]) -> Scan {
+        let mut cmd = Cli::command();
+        cmd.build();
+        Scan::new(&cmd, os(&[&["jsrun"], words].concat()))
+    }
+
+    #[test]
+    fn attached_modes_are_rewritten_among_options_only() {
+        // (words, what clap gets)
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["-Oline", "echo"], &["-O=line", "echo"]),
+            (
+                &["--joblog", "x.log", "-Oline", "echo"],
+                &["--joblog", "x.log", "-O=line", "echo"],
+            ),
+            (
+                &["--joblog=x.log", "-Oline", "e"],
+                &["--joblog=x.log", "-O=line", "e"],
+            ),
+            (
+                &["-j", "2", "-Oline", "echo"],
+                &["-j", "2", "-O=line", "echo"],
+            ),
+            (&["-j", "-Ojob", "echo"], &["-j", "-O=job", "echo"]),
+            (
+                &["-l", "99", "-Oline", "echo"],
+                &["-l", "99", "-O=line", "echo"],
+            ),
+            (&["-l99", "-Oline", "echo"], &["-l99", "-O=line", "echo"]),
+            (
+                &["--trace", "F", "-Oline", "echo"],
+                &["--trace", "F", "-O=line", "echo"],
+            ),
+            (&["-kOline", "echo"], &["-kO=line", "echo"]),
+            (&["-Ox", "echo"], &["-O=x", "echo"]),
+            (&["-O=line", "echo"], &["-O=line", "echo"]),
+            // Nothing after the command or after --, nor a value of an option.
+            (&["echo", "-Oline"], &["echo", "-Oline"]),
+            (&["-O", "line", "-Ojob"], &["-O", "line", "-Ojob"]),
+            (&["--", "-Oline"], &["--", "-Oline"]),
+            (&["--joblog", "-Oline", "x"], &["--joblog", "-Oline", "x"]),
+            (&["-j", "abc", "-Oline"], &["-j", "abc", "-Oline"]),
+            (&["-", "-Oline"], &["-", "-Oline"]),
+        ];
+        for (words, want) in cases {
+            let scan = scan(words);
+            assert_eq!(scan.args[1..], os(want), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn a_mode_right_after_a_bare_o_is_remembered() {
+        let mode = |option: &str, word: &str| {
+            Some(ModeAsCommand {
+                word: word.into(),
+                option: option.into(),
+            })
+        };
+        let cases: &[(&[&str], Option<ModeAsCommand>)] = &[
+            (&["-O", "line"], mode("-O", "line")),
+            (&["-kO", "job", "x"], mode("-O", "job")),
+            (&["--output-sync", "none"], mode("--output-sync", "none")),
+            (&["-O", "linex"], None),
+            (&["-O", "--", "line"], None),
+            (&["-O", "-k", "line"], None),
+            (&["-Oline", "line"], None),
+            (&["line"], None),
+        ];
+        for (words, want) in cases {
+            assert_eq!(&scan(words).mode_as_command, want, "{words:?}");
+        }
+    }
+
+    /// Every option whose value is optional is either attached-only or numeric (-j): the
+    /// scan relies on it to find where the command starts.
+    #[test]
+    fn optional_values_are_attached_or_numbers() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let numeric: Vec<&str> = cmd
+            .get_arguments()
+            .filter(|arg| takes(arg) == Takes::OptionalNumber)
+            .map(|arg| arg.get_id().as_str())
+            .collect();
+        assert_eq!(numeric, ["jobs"]);
+    }
+
+    #[test]
+    fn options_may_be_repeated_the_last_one_wins() {
+        let config = parse(os(&[
+            "jsrun", "-j2", "-j3", "-k", "-k", "-Ojob", "-Oline", "x",
+        ]))
+        .unwrap();
+        assert_eq!(config.jobs, Some(3));
+        assert_eq!(config.output_sync, OutputSync::Line);
     }
 }
 

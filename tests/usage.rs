@@ -1,0 +1,164 @@
+//! The command line as people type it: make's spellings of `-O` in every
+//! position.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use util::Sandbox;
+
+// ---------------------------------------------------------------------------
+// -Oline wherever jsrun's options are
+
+/// Runs two jobs under `options` (plus `-j2`) that prove line grouping: each
+/// prints half a line, meets the other, finishes its line, then waits for
+/// the test's `go`. Line mode shows both whole lines while the jobs still
+/// run; without grouping the halves mix, and job grouping shows nothing yet.
+fn grouped_by_line(sandbox: &Sandbox, options: &[&str]) -> util::Output {
+    let probe = util::shell_words(&[util::path_str(&util::probe_bin())]);
+    let met = util::path_str(&sandbox.join("met"));
+    let go = sandbox.join("go");
+    let script = format!(
+        "printf x$1; {probe} --id $1 --barrier {met} --want 2 --deadline-ms 10000; echo y; \
+         {probe} --id $1 --barrier {} --want 3 --deadline-ms 30000",
+        util::path_str(&go)
+    );
+    let mut running = sandbox
+        .jsrun()
+        .env(
+            "JSRUN_LOADAVG_FILE",
+            sandbox.write("loadavg", "0.00 0.00 0.00 1/1 1\n"),
+        )
+        .args(options)
+        .args(["-j2", "sh", "-c", &script, "sh", ":::", "1", "2"])
+        .spawn();
+    let stdout = running.stdout_path();
+    running.wait_until("both lines whole while the jobs run", || {
+        let text = fs::read_to_string(&stdout).unwrap_or_default();
+        text.contains("x1y\n") && text.contains("x2y\n")
+    });
+    fs::create_dir_all(&go).unwrap();
+    fs::write(go.join("test"), "").unwrap();
+    let output = running.wait();
+    output.success().stderr_lacks("gave up");
+    assert_eq!(output.sorted_lines(), ["x1y", "x2y"], "{}", output.report());
+    output
+}
+
+/// `-Oline` after an option with a separate value was read by clap as
+/// `-O -l ine` ("invalid value 'ine' for '--load-average'"); every spelling
+/// and position now groups by line, and the other option keeps its value.
+#[test]
+fn attached_output_sync_works_after_options_with_values() {
+    let sandbox = Sandbox::new();
+    let joblog = sandbox.str("jobs.tsv");
+    let trace = sandbox.str("trace.json");
+    let cases: &[&[&str]] = &[
+        &["-Oline"],
+        &["-O=line"],
+        &["--output-sync=line"],
+        &["-kOline"],
+        &["--joblog", &joblog, "-Oline"],
+        &["-j", "2", "-Oline"],
+        &["-l", "99", "-Oline"],
+        &["-l99", "-Oline"],
+        &["--trace", &trace, "-Oline"],
+        &["-v", "--joblog", &joblog, "-Oline", "-k"],
+    ];
+    for options in cases {
+        let _ = fs::remove_file(&joblog);
+        let _ = fs::remove_dir_all(sandbox.join("met"));
+        let _ = fs::remove_dir_all(sandbox.join("go"));
+        let output = grouped_by_line(&sandbox, options);
+        if options.contains(&joblog.as_str()) {
+            let rows = fs::read_to_string(&joblog).unwrap_or_default();
+            assert_eq!(
+                rows.lines().count(),
+                3,
+                "{options:?}: header and two rows\n{rows}"
+            );
+        }
+        if options.contains(&trace.as_str()) {
+            let text = fs::read_to_string(&trace).unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{options:?}: trace is not JSON: {e}\n{text}"));
+            assert!(json["traceEvents"].is_array(), "{options:?}\n{text}");
+        }
+        if options.contains(&"-v") {
+            output.stderr_contains("jsrun: [");
+        }
+    }
+}
+
+/// Nothing after the command is jsrun's: `-Oline` there is the command's.
+#[test]
+fn words_after_the_command_are_left_alone() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["-Oline", "echo", "-Oline", "-j", "-l"][..],
+        &["-j", "2", "echo", "-Oline"][..],
+        &["--", "echo", "-Oline"][..],
+    ] {
+        let output = sandbox.jsrun().args(args).run();
+        output.success();
+        let want = args.split(|w| *w == "echo").nth(1).unwrap().join(" ");
+        assert_eq!(output.stdout, format!("{want}\n"), "{}", output.report());
+    }
+}
+
+/// `-O line` with a blank runs the command `line`, as `make -O line` makes
+/// the target `line`; when there is none, "command not found" suggests
+/// `-Oline`, and only for a word right after a bare -O.
+#[test]
+fn a_mode_after_a_bare_o_is_the_command() {
+    let sandbox = Sandbox::new();
+    let bin = sandbox.join("bin");
+    fs::create_dir(&bin).unwrap();
+    let path = |dir: &Path| format!("{}:/usr/bin:/bin", dir.display());
+
+    // A program named `line` exists: it runs, its output grouped by job.
+    let line = bin.join("line");
+    fs::write(
+        &line,
+        "#!/bin/sh\n[ -p /dev/stdout ] && echo \"line ran: $*\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&line, fs::Permissions::from_mode(0o755)).unwrap();
+    let output = sandbox
+        .jsrun()
+        .env("PATH", path(&bin))
+        .args(["-O", "line", "a"])
+        .run();
+    output.success();
+    assert_eq!(output.stdout, "line ran: a\n", "{}", output.report());
+
+    // None exists: 127 and the hint, on one line.
+    let empty = sandbox.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["-O", "line"],
+            "jsrun: command not found: line (did you mean -Oline? -O takes its mode attached)\n",
+        ),
+        (
+            &["-j2", "-kO", "job", "x", ":::", "a", "b"],
+            "jsrun: command not found: job (did you mean -Ojob? -O takes its mode attached)\n",
+        ),
+        (
+            &["--output-sync", "none"],
+            "jsrun: command not found: none (did you mean --output-sync=none? --output-sync \
+             takes its mode after '=')\n",
+        ),
+        (&["-O", "--", "line"], "jsrun: command not found: line\n"),
+        (&["-O", "-k", "line"], "jsrun: command not found: line\n"),
+        (&["line"], "jsrun: command not found: line\n"),
+        (&["-O", "lines"], "jsrun: command not found: lines\n"),
+    ];
+    for (args, want) in cases {
+        let output = sandbox.jsrun().env("PATH", path(&empty)).args(*args).run();
+        output.code(127);
+        assert_eq!(output.stderr, *want, "{args:?}\n{}", output.report());
+    }
+}
