@@ -44,13 +44,20 @@ pub struct Cli {
         long = "jobs",
         value_name = "N",
         num_args = 0..=1,
-        default_missing_value = "0"
+        default_missing_value = "0",
+        allow_negative_numbers = true
     )]
     pub jobs: Option<usize>,
 
     /// Start no further job while the 1-minute load average is at least LOAD (one job may
     /// always run).
-    #[arg(short = 'l', long = "load-average", value_name = "LOAD")]
+    #[arg(
+        short = 'l',
+        long = "load-average",
+        value_name = "LOAD",
+        value_parser = load_average,
+        allow_negative_numbers = true
+    )]
     pub load_average: Option<f64>,
 
     /// After a failure, keep starting the remaining jobs (default: start no new job, let
@@ -171,7 +178,8 @@ pub struct Config {
     pub input: Input,
 }
 
-/// Parses jsrun's arguments; on a usage error prints it and returns the status to exit with.
+/// Parses jsrun's arguments. A usage error is said on one line (`jsrun: error: ...; use
+/// ...`) and returns 125; `--help` and `--version` are printed here and return 0.
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status> {
     let mut cmd = Cli::command();
     cmd.build();
@@ -180,26 +188,18 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status
         .try_get_matches_from_mut(scan.args)
         .and_then(|matches| Cli::from_arg_matches(&matches))
         .map_err(|e| {
-            let _ = e.print();
             if !e.use_stderr() {
+                let _ = e.print();
                 return Status::SUCCESS;
             }
-            if e.kind() == clap::error::ErrorKind::ValueValidation
-                && e.to_string().contains("--jobs")
-            {
-                crate::say!(
-                    "tip: -j takes a number; for all CPUs before a command write: -j -- COMMAND"
-                );
-            }
+            crate::say!("jsrun: error: {}", usage_error(&cmd, &e));
             Status::USAGE
         })?;
     if let Ok(mut slot) = MODE_AS_COMMAND.lock() {
         *slot = scan.mode_as_command;
     }
     Config::try_from(cli).map_err(|message| {
-        let _ = cmd
-            .error(clap::error::ErrorKind::ValueValidation, message)
-            .print();
+        crate::say!("jsrun: error: {message}");
         Status::USAGE
     })
 }
@@ -356,34 +356,136 @@ impl Scan {
     }
 }
 
+/// One line for a usage error clap found: what is wrong and how to write it instead.
+fn usage_error(cmd: &clap::Command, err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = |kind| match err.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    // clap names the option as its usage shows it, e.g. "--jobs [<N>]".
+    let shown = text(ContextKind::InvalidArg).unwrap_or_default();
+    let arg = cmd
+        .get_arguments()
+        .find(|a| !a.is_positional() && a.to_string() == shown);
+    let value = text(ContextKind::InvalidValue);
+    match (err.kind(), arg, value) {
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(arg), Some(value))
+            if !value.is_empty() || takes(arg) != Takes::Value =>
+        {
+            bad_value(arg, value)
+        }
+        (ErrorKind::InvalidValue, Some(arg), _) => {
+            let option = spelling(arg);
+            let name = value_name(arg);
+            format!("{option} needs a {name}; use {option} {name}")
+        }
+        (ErrorKind::TooManyValues, Some(_), Some(value)) => {
+            format!("{shown} takes no value, not '{value}'; use {shown} alone")
+        }
+        (ErrorKind::UnknownArgument, _, _) => match text(ContextKind::SuggestedArg) {
+            Some(suggested) => {
+                format!("unknown option '{shown}'; use {suggested} (see jsrun --help)")
+            }
+            None => format!(
+                "unknown option '{shown}'; see jsrun --help, and write -- before a COMMAND \
+                 that starts with '-'"
+            ),
+        },
+        _ => {
+            // Whatever else clap reports: its first line, without its own "error: ".
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            format!("{first}; see jsrun --help")
+        }
+    }
+}
+
+/// An option value that clap refused: what was given and what the option takes.
+fn bad_value(arg: &clap::Arg, value: &str) -> String {
+    match arg.get_id().as_str() {
+        "jobs" => format!(
+            "invalid -j value '{value}': not a number of job slots; use -jN (e.g. -j4), or \
+             -j -- COMMAND for one slot per CPU"
+        ),
+        "load_average" => format!(
+            "invalid -l value '{value}': not a load average above 0; use -l LOAD (e.g. -l 4 \
+             or -l 2.5)"
+        ),
+        "output_sync" => format!(
+            "invalid -O mode '{value}'; use -Oline, -Ojob or -Onone (a bare -O means -Ojob)"
+        ),
+        _ => {
+            let option = spelling(arg);
+            let long = arg.get_long().unwrap_or_default();
+            let choices: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|v| format!("--{long}={}", v.get_name()))
+                .collect();
+            match choices.split_last() {
+                None => format!(
+                    "invalid {option} value '{value}'; use {option} {} (see jsrun --help)",
+                    value_name(arg)
+                ),
+                Some((only, [])) => format!("invalid {option} '{value}'; use {only}"),
+                Some((last, others)) => format!(
+                    "invalid {option} '{value}'; use {} or {last}",
+                    others.join(", ")
+                ),
+            }
+        }
+    }
+}
+
+/// `-j` for an option with a short name, else `--joblog`.
+fn spelling(arg: &clap::Arg) -> String {
+    match (arg.get_short(), arg.get_long()) {
+        (Some(c), _) => format!("-{c}"),
+        (None, Some(long)) => format!("--{long}"),
+        (None, None) => arg.get_id().to_string(),
+    }
+}
+
+fn value_name(arg: &clap::Arg) -> String {
+    arg.get_value_names()
+        .and_then(|names| names.first())
+        .map_or_else(|| "VALUE".into(), |name| name.to_string())
+}
+
+/// `-l`: a load average above 0.
+fn load_average(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(load) if load > 0.0 => Ok(load),
+        _ => Err("not a load average above 0".into()),
+    }
+}
+
 impl TryFrom<Cli> for Config {
     type Error = String;
 
     fn try_from(cli: Cli) -> Result<Config, String> {
         let (command, input) = split_input(cli.command)?;
         if input == Input::StdinCommands && std::io::stdin().is_terminal() && !cli.info {
-            return Err("no COMMAND given, and stdin is a terminal: give a command \
-                 (jsrun [OPTIONS] COMMAND ...) or pipe command lines into jsrun"
-                .into());
+            return Err(
+                "no COMMAND given, and stdin is a terminal; use jsrun [OPTIONS] \
+                 COMMAND ..., or pipe command lines into jsrun"
+                    .into(),
+            );
         }
         let jobserver = match cli.jobserver {
             Some(text) => match Auth::parse(&text) {
                 auth @ (Auth::Fifo(_) | Auth::Pipe { .. }) => Some(auth),
                 _ => {
                     return Err(format!(
-                        "invalid --jobserver '{text}': use fifo:PATH or R,W (two fds)"
+                        "invalid --jobserver '{text}': not a jobserver; use \
+                         --jobserver=fifo:PATH or --jobserver=R,W (two inherited fds)"
                     ));
                 }
             },
             None => None,
         };
-        if let Some(load) = cli.load_average
-            && (load.is_nan() || load <= 0.0)
-        {
-            return Err(format!(
-                "invalid --load-average '{load}': give a positive number"
-            ));
-        }
         let jobs = cli.jobs.map(|n| match n {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -423,7 +525,8 @@ fn group_id(group: &str) -> Result<nix::unistd::Gid, String> {
     match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid),
         _ => Err(format!(
-            "unknown group '{group}' for --jobserver-group: give a group name or number"
+            "invalid --jobserver-group '{group}': no such group; use a group name or \
+             number, e.g. --jobserver-group=portage"
         )),
     }
 }
@@ -441,17 +544,21 @@ fn split_input(mut words: Vec<OsString>) -> Result<(Vec<OsString>, Input), Strin
     let mut rest = words.split_off(at);
     let marker = rest.remove(0);
     if rest.iter().any(|w| w == ":::" || w == "::::") {
-        return Err("only one input source (::: or ::::) is supported".into());
+        return Err(
+            "more than one input source; use either ::: VALUE... or :::: FILE, once".into(),
+        );
     }
     let input = if marker == ":::" {
         if rest.is_empty() {
-            return Err("::: needs at least one value after it".into());
+            return Err("no value after :::; use COMMAND ::: VALUE...".into());
         }
         Input::Values(rest)
     } else {
         match <[OsString; 1]>::try_from(rest) {
             Ok([file]) => Input::File(file.into()),
-            Err(_) => return Err(":::: takes exactly one FILE ('-' for stdin)".into()),
+            Err(_) => {
+                return Err(":::: takes exactly one FILE; use :::: FILE ('-' for stdin)".into());
+            }
         }
     };
     Ok((words, input))
@@ -615,6 +722,58 @@ mod tests {
             .map(|arg| arg.get_id().as_str())
             .collect();
         assert_eq!(numeric, ["jobs"]);
+    }
+
+    #[test]
+    fn usage_errors_name_the_fix() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["-j", "-3", "x"],
+                "invalid -j value '-3': not a number of job slots; use -jN (e.g. -j4), or -j -- COMMAND for one slot per CPU",
+            ),
+            (
+                &["-j", "abc", "x"],
+                "invalid -j value 'abc': not a number of job slots; use -jN (e.g. -j4), or -j -- COMMAND for one slot per CPU",
+            ),
+            (
+                &["-l", "abc", "x"],
+                "invalid -l value 'abc': not a load average above 0; use -l LOAD (e.g. -l 4 or -l 2.5)",
+            ),
+            (
+                &["-l", "-1", "x"],
+                "invalid -l value '-1': not a load average above 0; use -l LOAD (e.g. -l 4 or -l 2.5)",
+            ),
+            (
+                &["-O=x", "x"],
+                "invalid -O mode 'x'; use -Oline, -Ojob or -Onone (a bare -O means -Ojob)",
+            ),
+            (
+                &["--jobserver-style=x", "x"],
+                "invalid --jobserver-style 'x'; use --jobserver-style=fifo or --jobserver-style=pipe",
+            ),
+            (
+                &["--jobserver-group"],
+                "--jobserver-group needs a GROUP; use --jobserver-group GROUP",
+            ),
+            (&["--joblog"], "--joblog needs a FILE; use --joblog FILE"),
+            (
+                &["--keep-going=yes", "x"],
+                "--keep-going takes no value, not 'yes'; use --keep-going alone",
+            ),
+            (
+                &["--stat", "x"],
+                "unknown option '--stat'; use --stats (see jsrun --help)",
+            ),
+        ];
+        for (words, want) in cases {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let args = Scan::new(&cmd, os(&[&["jsrun"], *words].concat())).args;
+            let err = cmd
+                .try_get_matches_from_mut(args)
+                .expect_err("a usage error");
+            assert_eq!(usage_error(&cmd, &err), *want, "{words:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The command line as people type it: make's spellings of `-O` in every
-//! position.
+//! position, and one-line usage errors that name the fix (exit 125, nothing
+//! run).
 
 mod util;
 
@@ -160,5 +161,128 @@ fn a_mode_after_a_bare_o_is_the_command() {
         let output = sandbox.jsrun().env("PATH", path(&empty)).args(*args).run();
         output.code(127);
         assert_eq!(output.stderr, *want, "{args:?}\n{}", output.report());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Usage errors: one line, the problem and the fix, 125, nothing run
+
+/// Runs jsrun with `args` before a probe job and checks it refused them with
+/// exactly `want`, with status 125, without running the job.
+#[track_caller]
+fn refused(sandbox: &Sandbox, args: &[&str], want: &str) {
+    let output = sandbox
+        .jsrun()
+        .args(args)
+        .args(sandbox.probe().id("job").words())
+        .run();
+    output.code(125);
+    assert_eq!(
+        output.stderr,
+        format!("{want}\n"),
+        "{args:?}\n{}",
+        output.report()
+    );
+    assert_eq!(output.stdout, "", "{args:?}\n{}", output.report());
+    assert_eq!(sandbox.log().text(), "", "{args:?}: nothing may run");
+}
+
+/// `--joblog` on a file that cannot be written failed with a bare "No space
+/// left on device" that named neither the job log nor the fix.
+#[test]
+fn a_job_log_that_cannot_be_written_is_named() {
+    let sandbox = Sandbox::new();
+    refused(
+        &sandbox,
+        &["--joblog", "/dev/full"],
+        "jsrun: error: cannot write the job log /dev/full: No space left on device (os error \
+         28); give --joblog a file jsrun can write",
+    );
+    let missing = sandbox.str("no-such-dir/jobs.tsv");
+    refused(
+        &sandbox,
+        &["--joblog", &missing],
+        &format!(
+            "jsrun: error: cannot create the job log {missing}: No such file or directory (os \
+             error 2); give --joblog a file jsrun can write"
+        ),
+    );
+}
+
+/// clap's messages were several lines, and for `-j -3` its tip ("use '-- -3'")
+/// would run `-3` as a command; `-j abc` printed jsrun's tip after clap's
+/// "For more information"; `-l abc` said only "invalid float literal".
+#[test]
+fn bad_option_values_get_one_line_that_names_the_fix() {
+    let sandbox = Sandbox::new();
+    let jobs = "not a number of job slots; use -jN (e.g. -j4), or -j -- COMMAND for one slot \
+                per CPU";
+    let load = "not a load average above 0; use -l LOAD (e.g. -l 4 or -l 2.5)";
+    let mode = "use -Oline, -Ojob or -Onone (a bare -O means -Ojob)";
+    let cases: &[(&[&str], String)] = &[
+        (&["-j", "-3"], format!("invalid -j value '-3': {jobs}")),
+        (&["-j-3"], format!("invalid -j value '-3': {jobs}")),
+        (&["--jobs=-3"], format!("invalid -j value '-3': {jobs}")),
+        (&["-j", "abc"], format!("invalid -j value 'abc': {jobs}")),
+        (&["-jabc"], format!("invalid -j value 'abc': {jobs}")),
+        (&["-l", "abc"], format!("invalid -l value 'abc': {load}")),
+        (&["-l", "-1"], format!("invalid -l value '-1': {load}")),
+        (
+            &["--load-average=0"],
+            format!("invalid -l value '0': {load}"),
+        ),
+        (&["-O=x"], format!("invalid -O mode 'x'; {mode}")),
+        (&["-Ox"], format!("invalid -O mode 'x'; {mode}")),
+        (&["--output-sync=x"], format!("invalid -O mode 'x'; {mode}")),
+        (
+            &["--jobserver-style=x"],
+            "invalid --jobserver-style 'x'; use --jobserver-style=fifo or \
+             --jobserver-style=pipe"
+                .into(),
+        ),
+        (
+            &["--jobserver-group=no-such-group-x"],
+            "invalid --jobserver-group 'no-such-group-x': no such group; use a group name or \
+             number, e.g. --jobserver-group=portage"
+                .into(),
+        ),
+        (
+            &["--jobserver=x"],
+            "invalid --jobserver 'x': not a jobserver; use --jobserver=fifo:PATH or \
+             --jobserver=R,W (two inherited fds)"
+                .into(),
+        ),
+        (
+            &["--joblog", "-Oline"],
+            "--joblog needs a FILE; use --joblog FILE".into(),
+        ),
+        (
+            &["--keep-going=yes"],
+            "--keep-going takes no value, not 'yes'; use --keep-going alone".into(),
+        ),
+        (
+            &["--stat"],
+            "unknown option '--stat'; use --stats (see jsrun --help)".into(),
+        ),
+        (
+            &["--bogus"],
+            "unknown option '--bogus'; see jsrun --help, and write -- before a COMMAND that \
+             starts with '-'"
+                .into(),
+        ),
+    ];
+    for (args, want) in cases {
+        refused(&sandbox, args, &format!("jsrun: error: {want}"));
+    }
+    // An option missing its value at the very end.
+    for (option, name) in [("--jobserver-group", "GROUP"), ("--joblog", "FILE")] {
+        let output = sandbox.jsrun().arg(option).run();
+        output.code(125);
+        assert_eq!(
+            output.stderr,
+            format!("jsrun: error: {option} needs a {name}; use {option} {name}\n"),
+            "{}",
+            output.report()
+        );
     }
 }
