@@ -787,22 +787,127 @@ mod tests {
     }
 }
 
-/// Sections of the man page that clap does not know about, in roff.
-pub const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+/// `man/jsrun.1` and `completions/*`, generated from [`Cli`] by the tests below and
+/// checked in, so the binary carries no generator and no roff.
+#[cfg(test)]
+mod generated {
+    use super::*;
+    use clap_mangen::Man;
+    use std::io::Write;
+    use std::path::Path;
+
+    /// What roff renders clap puts at the head of each piece it renders.
+    const PREAMBLE: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
+
+    /// The man page as the CLI definition renders it today, in the sections of make's and
+    /// ripgrep's pages. clap renders NAME, SYNOPSIS, DESCRIPTION and OPTIONS
+    /// (without the COMMAND operand, which the synopsis and description cover); the rest
+    /// is the roff below.
+    fn man_page() -> Vec<u8> {
+        let cmd = Cli::command().mut_arg("command", |arg| arg.hide(true));
+        let (name, version) = (
+            cmd.get_name().to_owned(),
+            cmd.get_version().map(str::to_owned),
+        );
+        let man = Man::new(cmd);
+        let clap_part = |render: fn(&Man, &mut dyn Write) -> std::io::Result<()>| {
+            let mut out = Vec::new();
+            render(&man, &mut out).expect("render a man page section");
+            let text = String::from_utf8(out).expect("UTF-8 roff");
+            let text = text.strip_prefix(PREAMBLE).expect("roff's preamble first");
+            text.to_owned()
+        };
+        // clap_mangen leaves the date out unquoted, which shifts the source and manual
+        // into the wrong fields of .TH: written here with an empty date, as make's.
+        let title = format!(
+            ".TH {} 1 \"\" \"{name} {}\" \"User Commands\"\n",
+            name.to_uppercase(),
+            version.unwrap_or_default()
+        );
+        let page = [
+            PREAMBLE.to_owned(),
+            title,
+            clap_part(Man::render_name_section),
+            clap_part(Man::render_synopsis_section),
+            clap_part(Man::render_description_section),
+            DESCRIPTION.to_owned(),
+            clap_part(Man::render_options_section),
+            AFTER_OPTIONS.to_owned(),
+        ];
+        page.concat().into_bytes()
+    }
+
+    /// The rest of DESCRIPTION: the job forms and the replacement strings.
+    const DESCRIPTION: &str = r#".PP
+With
+.B :::
+the command runs once per VALUE, with
+.B ::::
+once per line of FILE
+.RB ( \- :
+stdin), and with no COMMAND each line of stdin is run by
+.BR "/bin/sh \-c" .
+Commands are executed directly, not through a shell, and a value is never expanded again.
+Values from a file or stdin are streamed: memory does not grow with the number of jobs.
+Empty lines are skipped.
+After a failure jsrun starts no new job and lets the running ones finish
+.RB ( \-k
+keeps going).
+.PP
+Replacement strings in ARGs:
+.TP
+.B {}
+the value
+.TP
+.B {.}
+the value without its extension
+.TP
+.B {/}
+its basename
+.TP
+.B {//}
+its dirname
+.TP
+.B {/.}
+its basename without extension
+.TP
+.B {#}
+the job number, from 1
+.TP
+.B {%}
+the slot number, 1..N (the implicit slot is 1)
+.PP
+Without any, the value is appended as the last argument.
+"#;
+
+    /// EXIT STATUS, ENVIRONMENT, DIAGNOSTICS, EXAMPLES and SEE ALSO.
+    const AFTER_OPTIONS: &str = r#".SH "EXIT STATUS"
 One job: the job's exit status, or 128+S when signal S killed it.
 Several jobs: 0 when all succeeded, else the status of the first job that failed.
 .TP
 .B 125
-jsrun's own error: bad usage or options, or the jobserver could not be created.
+jsrun's own error: bad usage or options (one line on stderr that names the fix), or the
+jobserver could not be created.
 .TP
 .B 126
 The command is not executable.
 .TP
 .B 127
-The command was not found (reported before any token is taken).
+The command was not found.
+126 and 127 are found before any token is taken.
+.TP
+.B 141
+jsrun's standard output was closed by its reader, e.g.
+.BR "jsrun \-n ... | head \-1" :
+jsrun ends quietly, as
+.B seq
+or
+.B cat
+would in its place.
 .PP
 When jsrun receives SIGINT, SIGTERM or SIGHUP it passes the signal on to its running
-jobs, gives back every token, removes its fifo and then dies of the same signal.
+jobs, waits for them, gives back every token, removes its fifo and then dies of the same
+signal.
 .SH ENVIRONMENT
 .TP
 .B MAKEFLAGS
@@ -825,7 +930,54 @@ Read after MAKEFLAGS, in this order; the first variable naming a jobserver is us
 Rewritten like MAKEFLAGS when jsrun serves a jobserver.
 .TP
 .B TMPDIR
-Where jsrun creates the private directory of its fifo (when it holds no blanks).
+Where jsrun creates the private directory of its fifo, when TMPDIR is absolute and holds
+no blanks; else /tmp.
+.TP
+.B JSRUN_LOADAVG_FILE
+A file in the format of /proc/loadavg that
+.B \-l
+reads instead of /proc/loadavg.
+.SH DIAGNOSTICS
+.TP
+.B "jobserver unavailable: fd N is closed"
+The parent make rule lacks
+.B +
+(make 4.3, or make 4.4 in pipe mode), so the jobserver fds were closed; jsrun runs one job
+at a time.
+Add
+.B +
+in front of the recipe line, or use $(MAKE)-style recursion.
+.TP
+.B "the parent disabled it (\-\-jobserver\-auth=\-2,\-2)"
+make 4.4 in pipe mode disables the jobserver for non-recursive children; add
+.BR + .
+.TP
+.B "jobserver tokens: 1 missing at exit"
+(server mode) A job kept a token, e.g. a process killed with SIGKILL while holding one, or
+a daemon started by a job still holds one.
+.TP
+.B "invalid \-\-jobserver\-auth string \(aqfifo:...\(aq"
+make 4.3 says this when it was started under a fifo jobserver, which it cannot read.
+jsrun picks a pipe when it starts make itself, but a make further down (e.g. started by a
+script) cannot be detected: use
+.BR \-\-jobserver\-style=pipe .
+.TP
+.B "command not found: line (did you mean \-Oline? ...)"
+As in make, the mode of
+.B \-O
+is attached:
+.B \-O line
+runs a command named line.
+Write
+.BR \-Oline .
+.TP
+.B Is the pool being used?
+.B +jsrun \-\-info
+inside the recipe shows the jobserver jsrun would use;
+.B \-\-stats
+and
+.B \-\-trace
+show how the slots were used.
 .SH EXAMPLES
 .TP
 In a Makefile recipe (the + lets make pass its jobserver):
@@ -838,10 +990,10 @@ A jobserver for cargo or make, sized to the machine:
 .B jsrun \-j \-\- cargo build
 .TP
 Four at a time, output grouped per job, a job log:
-.B jsrun \-j4 \-O \-\-joblog jobs.tsv xz \-9 {} ::: *.tar
+.B jsrun \-j4 \-Ojob \-\-joblog jobs.tsv xz \-9 {} ::: *.tar
 .TP
-Command lines from a file, each run by /bin/sh \-c:
-.B jsrun \-j8 < commands.txt
+Command lines from a file, each run by /bin/sh \-c, their output in whole lines:
+.B jsrun \-j8 \-Oline < commands.txt
 .TP
 Pre-acquire a token from a system jobserver and run emerge in it:
 .B jsrun \-\-jobserver=fifo:/dev/steve \-\- emerge \-uDN @world
@@ -851,26 +1003,10 @@ What jobserver would jsrun use here?
 .SH "SEE ALSO"
 .BR make (1),
 .BR ninja (1),
+.BR emerge (1),
 .BR parallel (1),
 .BR xargs (1)
 "#;
-
-/// `man/jsrun.1` and `completions/*`, generated from [`Cli`] by the tests below and
-/// checked in, so the binary carries no generator.
-#[cfg(test)]
-mod generated {
-    use super::*;
-    use std::path::Path;
-
-    /// The man page as the CLI definition renders it today.
-    fn man_page() -> Vec<u8> {
-        let mut out = Vec::new();
-        clap_mangen::Man::new(Cli::command())
-            .render(&mut out)
-            .expect("render the man page");
-        out.extend_from_slice(MAN_EXTRA.as_bytes());
-        out
-    }
 
     fn completion(shell: clap_complete::Shell) -> Vec<u8> {
         let mut out = Vec::new();

@@ -1,6 +1,6 @@
 //! The command line as people type it: make's spellings of `-O` in every
-//! position, and one-line usage errors that name the fix (exit 125, nothing
-//! run).
+//! position, one-line usage errors that name the fix (exit 125, nothing run),
+//! and the man page's sections.
 
 mod util;
 
@@ -285,4 +285,133 @@ fn bad_option_values_get_one_line_that_names_the_fix() {
             output.report()
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The man page
+
+/// The `.SH` sections of the checked-in man page with their roff lines.
+fn man_sections() -> Vec<(String, Vec<String>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man/jsrun.1");
+    let text = fs::read_to_string(&path).expect("man/jsrun.1");
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix(".SH ") {
+            sections.push((name.trim_matches('"').to_owned(), Vec::new()));
+        } else if let Some((_, lines)) = sections.last_mut() {
+            lines.push(line.to_owned());
+        }
+    }
+    sections
+}
+
+/// Roff to the words a reader sees: no font changes, `\-` a dash.
+fn plain(roff: &str) -> String {
+    let mut text = roff.to_owned();
+    for (from, to) in [
+        ("\\fB", ""),
+        ("\\fI", ""),
+        ("\\fR", ""),
+        ("\\-", "-"),
+        ("\\(aq", "'"),
+        ("\\*(Aq", "'"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// The sections of make's and ripgrep's pages, in their order: the exit
+/// status once (no clap "EXTRA" repeating it), no "VERSION", and no COMMAND
+/// operand among the OPTIONS.
+#[test]
+fn man_page_has_the_sections_of_a_unix_manual() {
+    let sections = man_sections();
+    let names: Vec<&str> = sections.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "EXIT STATUS",
+            "ENVIRONMENT",
+            "DIAGNOSTICS",
+            "EXAMPLES",
+            "SEE ALSO"
+        ]
+    );
+    let section = |name: &str| {
+        let (_, lines) = sections.iter().find(|(n, _)| n == name).unwrap();
+        lines.clone()
+    };
+    // Each option's heading is the line after `.TP`.
+    let options = section("OPTIONS");
+    let headings: Vec<String> = options
+        .iter()
+        .zip(options.iter().skip(1))
+        .filter(|(tp, _)| *tp == ".TP")
+        .map(|(_, heading)| plain(heading))
+        .collect();
+    assert!(
+        headings.iter().any(|h| h.starts_with("-j, --jobs")),
+        "{headings:?}"
+    );
+    assert!(
+        headings.iter().all(|h| h.starts_with('-')),
+        "an operand among the options: {headings:?}"
+    );
+    let exit = section("EXIT STATUS").join("\n");
+    for code in ["125", "126", "127", "141"] {
+        assert!(
+            exit.contains(&format!(".B {code}\n")),
+            "exit status {code}\n{exit}"
+        );
+    }
+    let environment = plain(&section("ENVIRONMENT").join("\n"));
+    for variable in ["MAKEFLAGS", "TMPDIR", "JSRUN_LOADAVG_FILE"] {
+        assert!(
+            environment.contains(&format!(".B {variable}")),
+            "{variable}\n{environment}"
+        );
+    }
+}
+
+/// Every Troubleshooting item of the README is in DIAGNOSTICS: the message
+/// in the item's bold text (its code span, if it has one).
+#[test]
+fn man_page_diagnostics_cover_the_readme_troubleshooting() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let troubleshooting = readme
+        .split("\n## Troubleshooting\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Troubleshooting section in README.md");
+    let diagnostics = plain(
+        &man_sections()
+            .into_iter()
+            .find(|(name, _)| name == "DIAGNOSTICS")
+            .expect("DIAGNOSTICS")
+            .1
+            .join("\n"),
+    );
+    let mut items = 0;
+    for item in troubleshooting
+        .lines()
+        .filter_map(|l| l.strip_prefix("- **"))
+    {
+        let bold = item.split("**").next().unwrap();
+        let message = match bold.split('`').nth(1) {
+            Some(code) => code.split("...").next().unwrap(),
+            None => bold,
+        };
+        assert!(
+            diagnostics.contains(message),
+            "README item {message:?} missing from DIAGNOSTICS\n{diagnostics}"
+        );
+        items += 1;
+    }
+    assert!(items >= 5, "README Troubleshooting items found: {items}");
 }
