@@ -1,16 +1,16 @@
-complete -c jsrun -s j -l jobs -d 'Job slots: at most N jobs at once. Bare -j or -j0: the number of CPUs. With no usable jobserver around, jsrun creates one with N slots for its children' -r
+complete -c jsrun -s j -l jobs -d 'Job slots: at most N jobs at once (-jN, -j N or --jobs=N). Bare -j or -j0: the number of CPUs; before a command write -j -- COMMAND. With no usable jobserver around, jsrun creates one with N slots for its children' -r
 complete -c jsrun -s l -l load-average -d 'Start no further job while the 1-minute load average is at least LOAD (one job may always run)' -r
 complete -c jsrun -l jobserver-style -d 'Kind of jobserver to create. Default: fifo, or pipe when the command is a GNU make older than 4.4' -r -f -a "fifo\t'A named pipe in a private directory (make >= 4.4, ninja, Portage, cargo)'
 pipe\t'An inherited anonymous pipe (make <= 4.3)'"
 complete -c jsrun -l jobserver-group -d 'Let GROUP use the fifo jsrun creates (directory 0710, fifo 0660 instead of 0700 and 0600), e.g. the build user of emerge\'s FEATURES=userpriv' -r
 complete -c jsrun -l jobserver -d 'Use this jobserver (fifo:PATH or R,W) instead of MAKEFLAGS, with no implicit slot: a token is taken before the first job too' -r
-complete -c jsrun -s O -l output-sync -d 'Group the output of jobs: by line, or by job (bare -O)' -r -f -a "none\t'Children write straight to jsrun\'s stdout and stderr'
+complete -c jsrun -s O -l output-sync -d 'Group the output of jobs: by line (-Oline) or by job (-Ojob, or a bare -O). The mode is attached, as in make: -O line runs a command named line' -r -f -a "none\t'Children write straight to jsrun\'s stdout and stderr'
 line\t'Whole lines only: lines of different jobs never mix'
 job\t'A job\'s output in one piece when it ends'"
 complete -c jsrun -l joblog -d 'Write one tab-separated row per finished job to FILE' -r -F
 complete -c jsrun -l trace -d 'Write a Chrome trace (JSON for Perfetto or chrome://tracing) to FILE: a row per slot with a span per job, and the waits for tokens' -r -F
 complete -c jsrun -s k -l keep-going -d 'After a failure, keep starting the remaining jobs (default: start no new job, let running ones finish)'
-complete -c jsrun -l tag -d 'Prefix each output line with the job\'s value (implies -O line unless -O is given)'
+complete -c jsrun -l tag -d 'Prefix each output line with the job\'s value (implies -Oline unless -O is given)'
 complete -c jsrun -s v -l verbose -d 'Print each command to stderr as it starts'
 complete -c jsrun -s n -l dry-run -d 'Print the commands, run nothing (also when MAKEFLAGS says make -n)'
 complete -c jsrun -l stats -d 'Print a summary on stderr at exit: jobs, failures, peak concurrency, tokens, time spent waiting for tokens, slot utilisation'

@@ -65,14 +65,22 @@ impl Report {
         let joblog = sinks.joblog;
         let joblog = match joblog {
             Some(path) => {
-                let file = File::create(path)
-                    .with_context(|| format!("cannot create job log {}", path.display()))?;
+                // The error keeps its kind: a closed pipe still ends jsrun quietly.
+                let failed = |what, e: std::io::Error| {
+                    let message = format!(
+                        "cannot {what} the job log {}: {e}; give --joblog a file jsrun can write",
+                        path.display()
+                    );
+                    std::io::Error::new(e.kind(), message)
+                };
+                let file = File::create(path).map_err(|e| failed("create", e))?;
                 let mut log = BufWriter::new(file);
                 writeln!(
                     log,
                     "Seq\tSlot\tStarttime\tJobRuntime\tExitval\tSignal\tCommand"
-                )?;
-                log.flush()?;
+                )
+                .and_then(|()| log.flush())
+                .map_err(|e| failed("write", e))?;
                 Some(log)
             }
             None => None,

@@ -266,12 +266,13 @@ impl Supervisor<'_> {
             self.resolved = Some((name.to_owned(), result.clone()));
         }
         if let Err(status) = result {
-            let what = if status == Status::NOT_FOUND {
-                "command not found"
+            let (what, hint) = if status == Status::NOT_FOUND {
+                // `-O line` runs `line`, as in make: suggest `-Oline`.
+                ("command not found", crate::cli::not_found_hint(name))
             } else {
-                "command not executable"
+                ("command not executable", String::new())
             };
-            crate::say!("jsrun: {what}: {}", name.to_string_lossy());
+            crate::say!("jsrun: {what}: {}{hint}", name.to_string_lossy());
         }
         result
     }

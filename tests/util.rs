@@ -1212,3 +1212,14 @@ impl FifoJobserver {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Output while a command runs (tests/usage.rs)
+
+impl Running {
+    /// The file the command's stdout goes to, for reading while it runs (a
+    /// `wait_until` condition cannot borrow the `Running` itself).
+    pub fn stdout_path(&self) -> PathBuf {
+        self.stdout.clone()
+    }
+}
