@@ -4,7 +4,6 @@
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
@@ -176,6 +175,9 @@ pub struct Config {
     pub info: bool,
     pub command: Vec<OsString>,
     pub input: Input,
+    /// `-O line` runs the command `line`, as in make; when it is not found, the message
+    /// adds this hint: (the word, the hint).
+    pub not_found_hint: Option<(OsString, String)>,
 }
 
 /// Parses jsrun's arguments. A usage error is said on one line (`jsrun: error: ...; use
@@ -195,13 +197,15 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Config, Status
             crate::say!("jsrun: error: {}", usage_error(&cmd, &e));
             Status::USAGE
         })?;
-    if let Ok(mut slot) = MODE_AS_COMMAND.lock() {
-        *slot = scan.mode_as_command;
-    }
-    Config::try_from(cli).map_err(|message| {
+    let mut config = Config::try_from(cli).map_err(|message| {
         crate::say!("jsrun: error: {message}");
         Status::USAGE
-    })
+    })?;
+    config.not_found_hint = scan.mode_as_command.map(|m| {
+        let hint = m.hint();
+        (m.word, hint)
+    });
+    Ok(config)
 }
 
 /// How an option takes its value, as clap's definition says.
@@ -240,8 +244,6 @@ fn is_number(word: Option<&OsString>) -> bool {
 
 /// A command word that reads as a mode and came right after a bare `-O` (`-O line`): it
 /// runs as a command, as in make, and "command not found" suggests the attached spelling.
-static MODE_AS_COMMAND: Mutex<Option<ModeAsCommand>> = Mutex::new(None);
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ModeAsCommand {
     word: OsString,
@@ -249,23 +251,16 @@ struct ModeAsCommand {
     option: String,
 }
 
-/// The hint for "command not found: NAME": ` (did you mean -Oline? -O takes its mode
-/// attached)` when NAME was a mode written after a bare `-O`, else empty.
-pub fn not_found_hint(name: &std::ffi::OsStr) -> String {
-    let Ok(slot) = MODE_AS_COMMAND.lock() else {
-        return String::new();
-    };
-    match &*slot {
-        Some(found) if found.word == name => {
-            let word = name.to_string_lossy();
-            let option = &found.option;
-            if option.starts_with("--") {
-                format!(" (did you mean {option}={word}? {option} takes its mode after '=')")
-            } else {
-                format!(" (did you mean {option}{word}? {option} takes its mode attached)")
-            }
+impl ModeAsCommand {
+    /// ` (did you mean -Oline? -O takes its mode attached)`.
+    fn hint(&self) -> String {
+        let word = self.word.to_string_lossy();
+        let option = &self.option;
+        if option.starts_with("--") {
+            format!(" (did you mean {option}={word}? {option} takes its mode after '=')")
+        } else {
+            format!(" (did you mean {option}{word}? {option} takes its mode attached)")
         }
-        _ => String::new(),
     }
 }
 
@@ -513,6 +508,7 @@ impl TryFrom<Cli> for Config {
             info: cli.info,
             command,
             input,
+            not_found_hint: None,
         })
     }
 }

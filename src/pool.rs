@@ -127,7 +127,8 @@ impl Pool {
             .context("cannot create a jobserver")?;
         if config.verbose {
             crate::say!(
-                "jsrun: serving {n} slots through --jobserver-auth={}",
+                "jsrun: serving {n} slot{} through --jobserver-auth={}",
+                if n == 1 { "" } else { "s" },
                 server.auth()
             );
         }

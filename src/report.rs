@@ -2,11 +2,11 @@
 //! `--stats` summary.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use nix::sys::signal::Signal;
 
 use crate::jobs::Job;
@@ -65,14 +65,7 @@ impl Report {
         let joblog = sinks.joblog;
         let joblog = match joblog {
             Some(path) => {
-                // The error keeps its kind: a closed pipe still ends jsrun quietly.
-                let failed = |what, e: std::io::Error| {
-                    let message = format!(
-                        "cannot {what} the job log {}: {e}; give --joblog a file jsrun can write",
-                        path.display()
-                    );
-                    std::io::Error::new(e.kind(), message)
-                };
+                let failed = |what, e| file_error(what, "job log", "--joblog", path, e);
                 let file = File::create(path).map_err(|e| failed("create", e))?;
                 let mut log = BufWriter::new(file);
                 writeln!(
@@ -224,6 +217,16 @@ impl Report {
     }
 }
 
+/// A report file that cannot be created or written, named with the option that gave it.
+/// The error keeps its kind: a closed pipe still ends jsrun quietly.
+fn file_error(what: &str, file: &str, option: &str, path: &Path, e: io::Error) -> io::Error {
+    let message = format!(
+        "cannot {what} the {file} {}: {e}; give {option} a file jsrun can write",
+        path.display()
+    );
+    io::Error::new(e.kind(), message)
+}
+
 /// `--trace`: Chrome trace-event JSON (Perfetto, chrome://tracing), written as jobs end:
 /// one row per slot with a span per job, and a row of token waits.
 ///
@@ -240,8 +243,8 @@ struct Trace {
 
 impl Trace {
     fn create(path: &Path) -> Result<Trace> {
-        let file = File::create(path)
-            .with_context(|| format!("cannot create trace file {}", path.display()))?;
+        let failed = |what, e| file_error(what, "trace file", "--trace", path, e);
+        let file = File::create(path).map_err(|e| failed("create", e))?;
         let mut out = BufWriter::new(file);
         let pid = std::process::id();
         let written = write!(
@@ -250,7 +253,10 @@ impl Trace {
              {{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{pid},\"args\":{{\"name\":\"jsrun {pid}\"}}}},\n\
              {{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":{pid},\"tid\":0,\"args\":{{\"name\":\"token waits\"}}}}"
         );
-        written.with_context(|| format!("cannot write trace file {}", path.display()))?;
+        // Flushed now, so that a file that cannot be written is said before any job runs.
+        written
+            .and_then(|()| out.flush())
+            .map_err(|e| failed("write", e))?;
         Ok(Trace {
             out,
             origin: (Instant::now(), crate::sys::monotonic().as_micros()),

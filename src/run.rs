@@ -84,6 +84,7 @@ fn execute(config: Config) -> Result<Status> {
         load_average: config.load_average,
         verbose: config.verbose,
         shell_lines,
+        not_found_hint: config.not_found_hint.clone(),
     };
     let outcome = supervise::run(plan, &pool, &signals, &mut report, &mut output);
     // Counts an own pool's tokens and removes its fifo and directory.

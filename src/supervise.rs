@@ -40,6 +40,8 @@ pub struct Plan {
     pub verbose: bool,
     /// Command lines run through `/bin/sh -c`: show the line itself.
     pub shell_lines: bool,
+    /// Said after "command not found: WORD" for this word (see `Config`).
+    pub not_found_hint: Option<(OsString, String)>,
 }
 
 pub struct Outcome {
@@ -268,7 +270,11 @@ impl Supervisor<'_> {
         if let Err(status) = result {
             let (what, hint) = if status == Status::NOT_FOUND {
                 // `-O line` runs `line`, as in make: suggest `-Oline`.
-                ("command not found", crate::cli::not_found_hint(name))
+                let hint = match &self.plan.not_found_hint {
+                    Some((word, hint)) if word == name => hint.clone(),
+                    _ => String::new(),
+                };
+                ("command not found", hint)
             } else {
                 ("command not executable", String::new())
             };

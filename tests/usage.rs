@@ -207,6 +207,14 @@ fn a_job_log_that_cannot_be_written_is_named() {
              error 2); give --joblog a file jsrun can write"
         ),
     );
+    // The trace's first bytes are written at once too: a full disk is said
+    // before any job runs, not as a warning at the end.
+    refused(
+        &sandbox,
+        &["--trace", "/dev/full"],
+        "jsrun: error: cannot write the trace file /dev/full: No space left on device (os \
+         error 28); give --trace a file jsrun can write",
+    );
 }
 
 /// clap's messages were several lines, and for `-j -3` its tip ("use '-- -3'")
