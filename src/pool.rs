@@ -100,19 +100,31 @@ impl Pool {
                 Ok((Pool::Inherited(client), cap))
             }
             // make's rule for a sub-make whose jobserver is gone: one job at a time. A pool
-            // of jsrun's own here would multiply the parent's -j.
+            // of jsrun's own here would multiply the parent's -j. Only a stale leftover in
+            // CARGO_MAKEFLAGS or MFLAGS, which make does not read, gives way to -jN.
             Err(e) => {
+                let serve = match config.jobs {
+                    Some(n) if found.var != "MAKEFLAGS" => Some(n),
+                    _ => None,
+                };
+                let fallback = match serve {
+                    Some(n) => format!("creating a jobserver with {n} slots (-j{n})"),
+                    None => "running one job at a time".into(),
+                };
                 let hint = match e.hint() {
                     "" => String::new(),
                     hint => format!(" {hint}"),
                 };
                 crate::say!(
                     "jsrun: warning: jobserver unavailable: {e} ({} has \
-                     --jobserver-auth={}); running one job at a time.{hint}",
+                     --jobserver-auth={}); {fallback}.{hint}",
                     found.var,
                     found.auth
                 );
-                Ok((Pool::Alone, 1))
+                match serve {
+                    Some(n) => Ok((Pool::serve(config, n, template)?, n)),
+                    None => Ok((Pool::Alone, 1)),
+                }
             }
         }
     }
