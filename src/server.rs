@@ -28,7 +28,7 @@ pub struct Server {
     slots: usize,
     auth: Auth,
     /// The private directory holding the fifo; both removed when dropped.
-    dir: Option<PathBuf>,
+    _dir: Option<FifoDir>,
     /// Both ends of the pipe, inheritable, open until jsrun exits.
     _pipe: Option<(OwnedFd, OwnedFd)>,
 }
@@ -39,25 +39,14 @@ impl Server {
     ///
     /// `group`: also let this group use the fifo (directory 0710, fifo 0660), e.g. the
     /// build user Portage drops to under FEATURES=userpriv.
+    ///
+    /// Nothing is left behind on any error: the fifo's directory belongs to a guard that
+    /// removes it from the moment it exists.
     pub fn create(style: Style, slots: usize, group: Option<Gid>) -> Result<(Server, Client)> {
         let (auth, dir, pipe) = match style {
             Style::Fifo => {
-                // A fresh 0700 directory made atomically with a random name, so nobody can
-                // pre-create or swap the path; the fifo inside is 0600.
-                let dir = tempfile::Builder::new()
-                    .prefix("jsrun.")
-                    .permissions(std::fs::Permissions::from_mode(0o700))
-                    .tempdir_in(temp_base())
-                    .context("cannot create a directory for the jobserver fifo")?;
-                let path = dir.path().join("fifo");
-                nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR)
-                    .with_context(|| format!("cannot create fifo {}", path.display()))?;
-                if let Some(gid) = group {
-                    share_with_group(dir.path(), &path, gid)?;
-                }
-                // From here on Server's Drop removes the two entries it knows, without
-                // listing the directory.
-                (Auth::Fifo(path), Some(dir.keep()), None)
+                let dir = FifoDir::create(group)?;
+                (Auth::Fifo(dir.fifo.clone()), Some(dir), None)
             }
             Style::Pipe => {
                 let (r, w) =
@@ -80,7 +69,7 @@ impl Server {
         let server = Server {
             slots,
             auth,
-            dir,
+            _dir: dir,
             _pipe: pipe,
         };
         Ok((server, client))
@@ -123,13 +112,43 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+/// The private directory of a fifo server. It owns the directory from the moment the
+/// directory exists: dropping it removes the fifo and the directory, the two entries it
+/// knows, without listing the directory.
+struct FifoDir {
+    dir: PathBuf,
+    fifo: PathBuf,
+}
+
+impl FifoDir {
+    /// A fresh 0700 directory made atomically with a random name, so nobody can pre-create
+    /// or swap the path; the fifo inside is 0600.
+    fn create(group: Option<Gid>) -> Result<FifoDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("jsrun.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(temp_base())
+            .context("cannot create a directory for the jobserver fifo")?
+            .keep();
+        let guard = FifoDir {
+            fifo: dir.join("fifo"),
+            dir,
+        };
+        nix::unistd::mkfifo(&guard.fifo, Mode::S_IRUSR | Mode::S_IWUSR)
+            .with_context(|| format!("cannot create fifo {}", guard.fifo.display()))?;
+        if let Some(gid) = group {
+            share_with_group(&guard.dir, &guard.fifo, gid)?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for FifoDir {
     fn drop(&mut self) {
-        if let (Some(dir), Auth::Fifo(fifo)) = (&self.dir, &self.auth) {
-            let _ = std::fs::remove_file(fifo);
-            if let Err(e) = std::fs::remove_dir(dir) {
-                crate::say!("jsrun: warning: cannot remove {}: {e}", dir.display());
-            }
+        // The fifo is absent when mkfifo failed: no warning for it.
+        let _ = std::fs::remove_file(&self.fifo);
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            crate::say!("jsrun: warning: cannot remove {}: {e}", self.dir.display());
         }
     }
 }
