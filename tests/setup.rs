@@ -1,6 +1,7 @@
-//! Server set-up: a failed set-up leaves nothing in TMPDIR, a `-j` no pipe
-//! can hold is refused at once, and the largest `-j` a pipe can hold really
-//! works.
+//! Server set-up and job lists: a failed set-up leaves nothing in TMPDIR, a
+//! `-j` no pipe can hold is refused at once, the largest `-j` a pipe can hold
+//! really works, and a value longer than one argument may hold ends the run
+//! with an error naming the file and line.
 
 mod util;
 
@@ -9,8 +10,12 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use util::{Sandbox, Seen, jobserver_auth, peak_of};
+use util::{Sandbox, Seen, entries, jobserver_auth, jsrun_bin, peak_of, values};
+
+/// The longest value one argument may hold: Linux MAX_ARG_STRLEN less its NUL.
+const MAX_VALUE: usize = 131_071;
 
 fn page_size() -> usize {
     // SAFETY: sysconf only reads a constant.
@@ -252,4 +257,133 @@ fn the_largest_accepted_j_works_with_a_fifo() {
 #[test]
 fn the_largest_accepted_j_works_with_a_pipe() {
     the_largest_accepted_j_works("pipe");
+}
+
+// ---------------------------------------------------------------------------
+// Values longer than one argument may hold
+
+/// `:::: /dev/zero` is one endless line: refused once it passes the limit,
+/// in a run and in a dry run, and as command lines on stdin.
+#[test]
+fn an_endless_line_ends_the_run_with_an_error() {
+    let sandbox = Sandbox::new();
+    let deadline = Duration::from_secs(20);
+    let message = format!(
+        "jsrun: error: {{}} line 1: longer than {MAX_VALUE} bytes, the most one argument may hold\n"
+    );
+    for dry_run in [&[][..], &["-n"][..]] {
+        let output = sandbox
+            .jsrun()
+            .deadline(deadline)
+            .args(dry_run)
+            .args(["true", "::::", "/dev/zero"])
+            .run();
+        output.code(125);
+        assert_eq!(
+            output.stderr,
+            message.replace("{}", "/dev/zero"),
+            "{}",
+            output.report()
+        );
+    }
+    let output = sandbox
+        .command("/bin/sh")
+        .deadline(deadline)
+        .args(["-c", r#"exec "$0" < /dev/zero"#])
+        .arg(jsrun_bin())
+        .run();
+    output.code(125);
+    assert_eq!(
+        output.stderr,
+        message.replace("{}", "stdin"),
+        "{}",
+        output.report()
+    );
+}
+
+/// Good lines, then a 200,000-byte line, then another good line: the good
+/// lines' jobs run, the error names the file and the line, the jobs still
+/// running finish, the line after is never run, and jsrun exits 125.
+#[test]
+fn a_line_too_long_stops_the_run_after_the_good_lines() {
+    let sandbox = Sandbox::new();
+    let mut text = b"1\n2\n\n3\n".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 200_000));
+    text.extend(b"\n4\n");
+    let list = sandbox.write("list", &text);
+    let barrier = sandbox.join("barrier");
+    // Three jobs wait at the barrier for the test's marker.
+    let probe = sandbox.probe().id("{}").barrier(&barrier, 4);
+    let mut jsrun = sandbox
+        .jsrun()
+        .args(["-j4"])
+        .args(probe.words())
+        .arg("::::")
+        .arg(&list)
+        .spawn();
+    let list = fs::canonicalize(&list).expect("canonical path");
+    let message = format!(
+        "jsrun: error: {} line 5: longer than {MAX_VALUE} bytes, the most one argument may hold\n",
+        list.display()
+    );
+    let stderr = jsrun.stderr_path();
+    jsrun.wait_until("the error about line 5", || {
+        fs::read_to_string(&stderr).is_ok_and(|text| text == message)
+    });
+    // The error came while the jobs ran: none has ended yet.
+    jsrun.wait_until("the three jobs at the barrier", || entries(&barrier) == 3);
+    let log = sandbox.log();
+    assert_eq!(log.started(), values(3), "{}", log.dump());
+    assert!(log.finished().is_empty(), "{}", log.dump());
+    fs::write(barrier.join("test"), b"").expect("release the jobs");
+    let output = jsrun.wait();
+    output.code(125);
+    assert_eq!(output.stderr, message, "{}", output.report());
+    assert_eq!(log.started(), values(3), "{}", log.dump());
+    assert_eq!(log.finished(), values(3), "{}", log.dump());
+}
+
+/// A value of exactly 131,071 bytes is passed whole, as a value and as a
+/// command line on stdin; one byte more is refused with its line number.
+#[test]
+fn a_line_of_exactly_the_most_one_argument_holds_is_accepted() {
+    let sandbox = Sandbox::new();
+    let longest = "y".repeat(MAX_VALUE);
+    let list = sandbox.write("list", format!("short\n{longest}\n"));
+    let output = sandbox
+        .jsrun()
+        .args(["/bin/sh", "-c", r#"echo "${#1}""#, "sh", "::::"])
+        .arg(&list)
+        .run();
+    output.success();
+    assert_eq!(
+        output.stdout,
+        format!("5\n{MAX_VALUE}\n"),
+        "{}",
+        output.report()
+    );
+
+    // A command line of exactly the limit: `echo ` and the rest.
+    let line = format!("echo {}", "z".repeat(MAX_VALUE - 5));
+    assert_eq!(line.len(), MAX_VALUE);
+    let output = sandbox.jsrun().stdin(format!("{line}\n")).run();
+    output.success();
+    assert_eq!(
+        output.stdout.trim_end().len(),
+        MAX_VALUE - 5,
+        "{}",
+        output.report()
+    );
+
+    let output = sandbox.jsrun().stdin(format!("echo ok\n{line}z\n")).run();
+    output.code(125);
+    assert_eq!(output.stdout, "ok\n", "{}", output.report());
+    assert_eq!(
+        output.stderr,
+        format!(
+            "jsrun: error: stdin line 2: longer than {MAX_VALUE} bytes, the most one argument may hold\n"
+        ),
+        "{}",
+        output.report()
+    );
 }

@@ -1184,3 +1184,13 @@ impl FifoJobserver {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Set-up and job list tests: what a running command said so far
+
+impl Running {
+    /// The file the command's stderr goes to, to read while it runs.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.stderr.clone()
+    }
+}
