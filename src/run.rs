@@ -146,7 +146,7 @@ fn print_jobs(template: &Template, mut source: Source, shell_lines: bool) -> Res
                 writeln!(out, "{}", job.display())?;
             }
             // Nothing runs, so a blocking read is fine here.
-            Next::Wait => source.fill().context("cannot read the job list")?,
+            Next::Wait => source.fill()?,
             Next::Done => {
                 out.flush()?;
                 return Ok(Status::SUCCESS);

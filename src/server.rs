@@ -1,11 +1,12 @@
 //! A jobserver of jsrun's own: a private fifo (or a pipe) holding N-1 tokens.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use nix::fcntl::OFlag;
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::Gid;
 
@@ -15,6 +16,10 @@ use crate::sys;
 
 /// The byte jsrun fills its pool with, as make does.
 const TOKEN: u8 = b'+';
+
+/// The largest pipe an unprivileged process may ask for when /proc does not say: the
+/// kernel's default `fs.pipe-max-size`.
+const DEFAULT_PIPE_MAX_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Style {
@@ -28,7 +33,7 @@ pub struct Server {
     slots: usize,
     auth: Auth,
     /// The private directory holding the fifo; both removed when dropped.
-    dir: Option<PathBuf>,
+    _dir: Option<FifoDir>,
     /// Both ends of the pipe, inheritable, open until jsrun exits.
     _pipe: Option<(OwnedFd, OwnedFd)>,
 }
@@ -39,29 +44,36 @@ impl Server {
     ///
     /// `group`: also let this group use the fifo (directory 0710, fifo 0660), e.g. the
     /// build user Portage drops to under FEATURES=userpriv.
+    ///
+    /// Nothing is left behind on any error: a `slots` no pipe can hold here is refused
+    /// before anything is created, and the fifo's directory belongs to a guard that
+    /// removes it from the moment it exists.
     pub fn create(style: Style, slots: usize, group: Option<Gid>) -> Result<(Server, Client)> {
+        let page = page_size();
+        let pipe_max = pipe_max_size();
+        let most = max_slots(pipe_max, page);
+        if slots > most {
+            bail!(
+                "-j{slots} is more than a jobserver pipe can hold here (at most {most} slots, \
+                 with fs.pipe-max-size at {pipe_max} bytes); use -j{most} or less"
+            );
+        }
+        let tokens = slots.saturating_sub(1);
         let (auth, dir, pipe) = match style {
             Style::Fifo => {
-                // A fresh 0700 directory made atomically with a random name, so nobody can
-                // pre-create or swap the path; the fifo inside is 0600.
-                let dir = tempfile::Builder::new()
-                    .prefix("jsrun.")
-                    .permissions(std::fs::Permissions::from_mode(0o700))
-                    .tempdir_in(temp_base())
-                    .context("cannot create a directory for the jobserver fifo")?;
-                let path = dir.path().join("fifo");
-                nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR)
-                    .with_context(|| format!("cannot create fifo {}", path.display()))?;
-                if let Some(gid) = group {
-                    share_with_group(dir.path(), &path, gid)?;
-                }
-                // From here on Server's Drop removes the two entries it knows, without
-                // listing the directory.
-                (Auth::Fifo(path), Some(dir.keep()), None)
+                let dir = FifoDir::create(group)?;
+                (Auth::Fifo(dir.fifo.clone()), Some(dir), None)
             }
             Style::Pipe => {
-                let (r, w) =
-                    nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+                let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+                    .context("cannot create a pipe")?;
+                stock(w.as_fd(), tokens, page, pipe_max)?;
+                // No child has the pipe yet. The ones that will share these descriptions
+                // (make 4.3) expect them to block.
+                for fd in [&r, &w] {
+                    nix::fcntl::fcntl(fd, FcntlArg::F_SETFL(OFlag::empty()))
+                        .context("cannot make the jobserver pipe blocking")?;
+                }
                 // Every child gets the pipe at these numbers: jsrun cannot tell which of
                 // its children are jobserver clients.
                 sys::set_inheritable(r.as_fd())?;
@@ -74,13 +86,15 @@ impl Server {
             }
         };
         let client = Client::open(&auth).context("cannot open the jobserver jsrun created")?;
-        for _ in 1..slots {
-            client.release(TOKEN).context("cannot fill the jobserver")?;
+        if style == Style::Fifo {
+            // A fifo has a pipe only while it is open: jsrun's read-write descriptor keeps
+            // it, with its size and tokens, for as long as the pool lives.
+            stock(client.fd(), tokens, page, pipe_max)?;
         }
         let server = Server {
             slots,
             auth,
-            dir,
+            _dir: dir,
             _pipe: pipe,
         };
         Ok((server, client))
@@ -106,11 +120,8 @@ impl Server {
     /// Counts the tokens left in the pool at the end: `Some(message)` when any are missing
     /// or extra. Reads without waiting, so a straggler holding the fifo cannot stall jsrun.
     pub fn count_tokens(&self, client: &Client) -> Option<String> {
-        let mut found = 0usize;
-        while let Ok(Some(_)) = client.try_acquire() {
-            found += 1;
-        }
-        let want = self.slots - 1;
+        let found = drain(client.fd());
+        let want = self.slots.saturating_sub(1);
         let difference = match found.cmp(&want) {
             std::cmp::Ordering::Equal => return None,
             std::cmp::Ordering::Less => format!("{} missing", want - found),
@@ -123,15 +134,145 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+/// The private directory of a fifo server. It owns the directory from the moment the
+/// directory exists: dropping it removes the fifo and the directory, the two entries it
+/// knows, without listing the directory.
+struct FifoDir {
+    dir: PathBuf,
+    fifo: PathBuf,
+}
+
+impl FifoDir {
+    /// A fresh 0700 directory made atomically with a random name, so nobody can pre-create
+    /// or swap the path; the fifo inside is 0600.
+    fn create(group: Option<Gid>) -> Result<FifoDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("jsrun.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(temp_base())
+            .context("cannot create a directory for the jobserver fifo")?
+            .keep();
+        let guard = FifoDir {
+            fifo: dir.join("fifo"),
+            dir,
+        };
+        nix::unistd::mkfifo(&guard.fifo, Mode::S_IRUSR | Mode::S_IWUSR)
+            .with_context(|| format!("cannot create fifo {}", guard.fifo.display()))?;
+        if let Some(gid) = group {
+            share_with_group(&guard.dir, &guard.fifo, gid)?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for FifoDir {
     fn drop(&mut self) {
-        if let (Some(dir), Auth::Fifo(fifo)) = (&self.dir, &self.auth) {
-            let _ = std::fs::remove_file(fifo);
-            if let Err(e) = std::fs::remove_dir(dir) {
-                crate::say!("jsrun: warning: cannot remove {}: {e}", dir.display());
-            }
+        // The fifo is absent when mkfifo failed: no warning for it.
+        let _ = std::fs::remove_file(&self.fifo);
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            crate::say!("jsrun: warning: cannot remove {}: {e}", self.dir.display());
         }
     }
+}
+
+/// The most slots a pool in a pipe of `capacity` bytes can serve: the implicit slot, and
+/// as many tokens as the pipe holds while every token taken out can always go back.
+///
+/// The pipe is a ring of page-sized buffers. A one-byte write is added to the last
+/// buffer while its page has room, else it needs a free buffer; a buffer is freed only
+/// when all of it has been read. A full pipe whose first page a reader has taken one
+/// byte from therefore has no room for that byte to come back (EAGAIN, or a blocked
+/// make). A write fails only when every buffer is in use and the last page is full,
+/// which takes more than `capacity - page` bytes in the pipe; a token comes back when at
+/// most `tokens - 1` are in it. Hence `capacity - page + 1` tokens, and one slot more.
+fn max_slots(capacity: usize, page: usize) -> usize {
+    capacity.saturating_sub(page).saturating_add(2)
+}
+
+/// Gives the pipe behind `fd` room for `tokens` (see [`max_slots`]), enlarging it with
+/// F_SETPIPE_SZ when its present size is too small.
+fn make_room(fd: BorrowedFd<'_>, tokens: usize, page: usize, pipe_max: usize) -> Result<()> {
+    let slots = tokens.saturating_add(1);
+    let size = nix::fcntl::fcntl(fd, FcntlArg::F_GETPIPE_SZ)
+        .context("cannot read the size of the jobserver pipe")?;
+    if slots <= max_slots(usize::try_from(size).unwrap_or(0), page) {
+        return Ok(());
+    }
+    let want = tokens.saturating_add(page - 1);
+    let enlarged = i32::try_from(want)
+        .map_err(|_| Errno::EINVAL)
+        .and_then(|want| nix::fcntl::fcntl(fd, FcntlArg::F_SETPIPE_SZ(want)));
+    match enlarged {
+        Ok(size) if slots <= max_slots(usize::try_from(size).unwrap_or(0), page) => Ok(()),
+        Ok(size) => bail!(
+            "-j{slots} is more than a jobserver pipe can hold here (the pipe grew to only \
+             {size} bytes); use -j{} or less",
+            max_slots(usize::try_from(size).unwrap_or(0), page)
+        ),
+        Err(e) => bail!(
+            "cannot enlarge the jobserver pipe to {want} bytes for -j{slots}: {e} (limits: \
+             fs.pipe-max-size {pipe_max} bytes a pipe, fs.pipe-user-pages-soft for all of a \
+             user's pipes); use -j{} or less",
+            max_slots(usize::try_from(size).unwrap_or(0), page)
+        ),
+    }
+}
+
+/// Gives the empty pool behind the non-blocking `fd` room for `tokens`, then puts them in.
+fn stock(fd: BorrowedFd<'_>, tokens: usize, page: usize, pipe_max: usize) -> Result<()> {
+    make_room(fd, tokens, page, pipe_max)?;
+    fill(fd, tokens).context("cannot fill the jobserver")
+}
+
+/// Writes `tokens` token bytes into the empty pool behind the non-blocking `fd`, many per
+/// `write`. The pipe has room for them all ([`make_room`]): EAGAIN is an error, never a
+/// wait.
+fn fill(fd: BorrowedFd<'_>, tokens: usize) -> std::io::Result<()> {
+    let chunk = [TOKEN; 4096];
+    let mut left = tokens;
+    while left > 0 {
+        match nix::unistd::write(fd, &chunk[..left.min(chunk.len())]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => left -= n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads every byte in the pool behind the non-blocking `fd` without waiting, many per
+/// `read`, and returns how many there were.
+fn drain(fd: BorrowedFd<'_>) -> usize {
+    let mut buf = [0u8; 4096];
+    let mut found = 0usize;
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return found,
+            Ok(n) => found += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => return found,
+        }
+    }
+}
+
+/// The size of a memory page (4096 if it cannot be known).
+fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|page| page.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// `fs.pipe-max-size`: the largest pipe an unprivileged process may make. jsrun keeps to
+/// it for every user, root included, so `-j` means the same everywhere on the machine.
+fn pipe_max_size() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(DEFAULT_PIPE_MAX_SIZE)
 }
 
 /// Hands directory and fifo to `gid`, then opens them to it: the group first, so the
@@ -219,6 +360,71 @@ mod tests {
         assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, gid.as_raw()));
         let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
         assert_eq!(dir.mode() & 0o777, 0o710);
+    }
+
+    /// The size of a new pipe, which a pool that fits needs not change.
+    fn default_pipe_size() -> usize {
+        let (r, _w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        nix::fcntl::fcntl(&r, FcntlArg::F_GETPIPE_SZ).unwrap() as usize
+    }
+
+    /// Takes a token and gives it back `times` times; the error of the first give-back
+    /// that fails.
+    fn cycle(read: BorrowedFd<'_>, write: BorrowedFd<'_>, times: usize) -> Result<(), Errno> {
+        for _ in 0..times {
+            let token = sys::read_byte(read).unwrap().expect("a token");
+            nix::unistd::write(write, &[token])?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_pipe_holds_its_size_less_a_page_plus_one_token() {
+        assert_eq!(max_slots(65536, 4096), 61442);
+        assert_eq!(max_slots(1 << 20, 4096), 1_044_482);
+    }
+
+    #[test]
+    fn a_full_pool_always_takes_its_tokens_back() {
+        let page = page_size();
+        let size = default_pipe_size();
+        // The kernel behaviour the limit rests on: one token more, and a client that
+        // took one from a nearly read first page cannot give it back.
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        fill(w.as_fd(), max_slots(size, page)).unwrap();
+        assert_eq!(cycle(r.as_fd(), w.as_fd(), page), Err(Errno::EAGAIN));
+        // At the limit, jsrun's pool takes every token back however long it is used.
+        for style in [Style::Fifo, Style::Pipe] {
+            let slots = max_slots(size, page);
+            let (server, client) = Server::create(style, slots, None).unwrap();
+            assert_eq!(client.available().unwrap(), slots - 1);
+            for _ in 0..2 * page {
+                let token = client.try_acquire().unwrap().expect("a token");
+                client.release(token).unwrap();
+            }
+            assert_eq!(server.count_tokens(&client), None);
+        }
+    }
+
+    #[test]
+    fn a_pool_larger_than_a_default_pipe_gets_a_larger_pipe() {
+        let slots = max_slots(default_pipe_size(), page_size()) + 1;
+        for style in [Style::Fifo, Style::Pipe] {
+            let (server, client) = Server::create(style, slots, None).unwrap();
+            assert_eq!(client.available().unwrap(), slots - 1);
+            let size = nix::fcntl::fcntl(client.fd(), FcntlArg::F_GETPIPE_SZ).unwrap();
+            assert!(size as usize > default_pipe_size());
+            assert_eq!(server.count_tokens(&client), None);
+        }
+    }
+
+    #[test]
+    fn more_slots_than_the_largest_pipe_holds_are_refused() {
+        let most = max_slots(pipe_max_size(), page_size());
+        let error = Server::create(Style::Fifo, most + 1, None).err().unwrap();
+        let error = format!("{error:#}");
+        assert!(error.contains(&format!("at most {most} slots")), "{error}");
+        assert!(error.contains(&format!("use -j{most} or less")), "{error}");
     }
 
     #[test]

@@ -449,7 +449,9 @@ impl Supervisor<'_> {
             }
         }
         if source_ready && let Err(e) = self.plan.source.fill() {
-            crate::say!("jsrun: cannot read the job list: {e}");
+            // The message names the input (and the line of one too long); the source
+            // hands out no more lines.
+            crate::say!("jsrun: error: {e}");
             self.source_done = true;
             self.first_failure.get_or_insert(Status::USAGE);
         }

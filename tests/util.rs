@@ -1214,12 +1214,17 @@ impl FifoJobserver {
 }
 
 // ---------------------------------------------------------------------------
-// Output while a command runs (tests/usage.rs)
+// Output while a command runs (tests/usage.rs, tests/setup.rs)
 
 impl Running {
     /// The file the command's stdout goes to, for reading while it runs (a
     /// `wait_until` condition cannot borrow the `Running` itself).
     pub fn stdout_path(&self) -> PathBuf {
         self.stdout.clone()
+    }
+
+    /// The file the command's stderr goes to, to read while it runs.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.stderr.clone()
     }
 }

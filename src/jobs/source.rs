@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt;
 
 use nix::errno::Errno;
@@ -108,11 +108,24 @@ pub struct LineReader {
     buf: Vec<u8>,
     /// Start of the unread part of `buf`.
     pos: usize,
+    /// `buf[pos..scanned]` holds no newline: each byte is looked at once.
+    scanned: usize,
+    /// Newlines consumed so far, for the number of the line an error is in.
+    lines: u64,
     eof: bool,
+    /// Reading failed or a line was too long: no further line is handed out.
+    failed: bool,
 }
 
 /// Bytes asked for per read: lines are short, and each read zero-fills what it asks for.
 const CHUNK: usize = 16 * 1024;
+
+/// The longest value a line may hold: Linux's MAX_ARG_STRLEN (32 pages of 4 KiB) less
+/// the NUL that ends an argument. A longer value could not be passed to any job.
+const MAX_VALUE: usize = 131_071;
+
+// A read adds less than one line's worth: only the line open before it can grow too long.
+const _: () = assert!(CHUNK <= MAX_VALUE);
 
 impl LineReader {
     fn new(input: Input) -> LineReader {
@@ -120,25 +133,35 @@ impl LineReader {
             input,
             buf: Vec::new(),
             pos: 0,
+            scanned: 0,
+            lines: 0,
             eof: false,
+            failed: false,
         }
     }
 
     /// Empty lines are skipped, as `xargs` does.
     fn next_line(&mut self) -> Next {
         loop {
-            let rest = &self.buf[self.pos..];
-            let line = match rest.iter().position(|&b| b == b'\n') {
+            if self.failed {
+                return Next::Done;
+            }
+            let line = match self.find_newline() {
                 Some(i) => {
-                    self.pos += i + 1;
-                    rest[..i].to_vec()
+                    let line = self.buf[self.pos..i].to_vec();
+                    self.pos = i + 1;
+                    self.scanned = self.pos;
+                    self.lines += 1;
+                    line
                 }
                 None if self.eof => {
+                    let rest = self.buf[self.pos..].to_vec();
                     self.pos = self.buf.len();
+                    self.scanned = self.pos;
                     if rest.is_empty() {
                         return Next::Done;
                     }
-                    rest.to_vec()
+                    rest
                 }
                 None => return Next::Wait,
             };
@@ -148,12 +171,36 @@ impl LineReader {
         }
     }
 
+    /// The position of the next newline at or after `pos`, scanning only bytes not
+    /// scanned before.
+    fn find_newline(&mut self) -> Option<usize> {
+        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(i) => Some(self.scanned + i),
+            None => {
+                self.scanned = self.buf.len();
+                None
+            }
+        }
+    }
+
     /// One `read()`: it does not block, since the loop only calls it after poll said the
     /// input is readable (a regular file always is). jsrun never sets O_NONBLOCK on stdin,
     /// whose file description it shares with other processes.
+    ///
+    /// A line longer than [`MAX_VALUE`] is an error as soon as the bytes read show it, so
+    /// memory stays bounded (`:::: /dev/zero`). After any error the reader hands out no
+    /// further line.
     fn fill(&mut self) -> io::Result<()> {
+        if self.failed || self.eof {
+            return Ok(());
+        }
+        // A full line is still waiting to be handed out: nothing to read yet.
+        if self.find_newline().is_some() {
+            return Ok(());
+        }
         if self.pos > 0 {
             self.buf.drain(..self.pos);
+            self.scanned -= self.pos;
             self.pos = 0;
         }
         let len = self.buf.len();
@@ -168,13 +215,52 @@ impl LineReader {
             Ok(n) => n,
             Err(Errno::EAGAIN) => 0,
             Err(e) => {
-                self.buf.truncate(len);
-                return Err(e.into());
+                let error = io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("cannot read the job list from {}: {e}", self.name()),
+                );
+                return Err(self.fail(error));
             }
         };
         self.buf.truncate(len + n);
         self.eof = n == 0 && result.is_ok();
+        // The line open before this read ends at the first newline, or is still open; the
+        // lines after it are shorter than one read.
+        let end = self.find_newline().unwrap_or(self.buf.len());
+        if end - self.pos > MAX_VALUE {
+            let error = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} line {}: longer than {MAX_VALUE} bytes, the most one argument may hold",
+                    self.name(),
+                    self.lines + 1
+                ),
+            );
+            return Err(self.fail(error));
+        }
         Ok(())
+    }
+
+    /// Stops the reader for good and lets go of what it buffered.
+    fn fail(&mut self, error: io::Error) -> io::Error {
+        self.failed = true;
+        self.buf = Vec::new();
+        self.pos = 0;
+        self.scanned = 0;
+        error
+    }
+
+    /// The input as messages name it: `stdin`, or the file jsrun opened.
+    fn name(&self) -> String {
+        match &self.input {
+            Input::Stdin => "stdin".into(),
+            Input::File(file) => {
+                let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+                std::fs::read_link(link)
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_else(|_| "the job list".into())
+            }
+        }
     }
 }
 
@@ -208,6 +294,66 @@ mod tests {
         assert_eq!(got.len(), 20_003);
         assert_eq!(&got[..3], ["a", "b c", "value0"]);
         assert_eq!(got.last().unwrap(), "last-without-newline");
+    }
+
+    /// The values read from `text` until the end or an error, and the error.
+    fn read_all(text: &[u8]) -> (Vec<usize>, Option<String>) {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(text).unwrap();
+        file.rewind().unwrap();
+        let mut source = Source::lines(Input::File(file));
+        let mut lengths = Vec::new();
+        loop {
+            match source.next_job() {
+                Next::Job(v) => lengths.push(v.unwrap().len()),
+                Next::Wait => {
+                    if let Err(e) = source.fill() {
+                        // Nothing more comes, and reading again reads nothing.
+                        assert!(matches!(source.next_job(), Next::Done));
+                        source.fill().unwrap();
+                        return (lengths, Some(e.to_string()));
+                    }
+                }
+                Next::Done => return (lengths, None),
+            }
+        }
+    }
+
+    fn line(len: usize) -> Vec<u8> {
+        let mut line = vec![b'v'; len];
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn a_value_may_be_as_long_as_one_argument() {
+        let text = [line(3), line(MAX_VALUE), line(MAX_VALUE), line(1)].concat();
+        assert_eq!(read_all(&text), (vec![3, MAX_VALUE, MAX_VALUE, 1], None));
+        // The last line needs no newline.
+        let text = [line(2), vec![b'v'; MAX_VALUE]].concat();
+        assert_eq!(read_all(&text), (vec![2, MAX_VALUE], None));
+    }
+
+    #[test]
+    fn a_longer_value_is_an_error_naming_its_line() {
+        let too_long = |line: usize| {
+            format!(" line {line}: longer than 131071 bytes, the most one argument may hold")
+        };
+        // Good lines first (an empty one counts as a line), then one byte too many: ended
+        // by a newline, by the end of the file, or a line that goes on and on.
+        let good = [line(5), line(0), line(CHUNK - 10)].concat();
+        for bad in [
+            line(MAX_VALUE + 1),
+            vec![b'v'; MAX_VALUE + 1],
+            line(1 << 22),
+        ] {
+            let text = [good.clone(), bad, line(4)].concat();
+            let (lengths, error) = read_all(&text);
+            assert_eq!(lengths, [5, CHUNK - 10]);
+            let error = error.expect("an error");
+            assert!(error.starts_with("/"), "{error}");
+            assert!(error.ends_with(&too_long(4)), "{error}");
+        }
     }
 
     #[test]
