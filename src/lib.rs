@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod client;
 pub mod info;
+pub mod govern;
 pub mod jobs;
 pub mod makeflags;
 pub mod output;
