@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod client;
 pub mod jobs;
+pub mod limits;
 pub mod makeflags;
 pub mod output;
 pub mod report;
