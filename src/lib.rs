@@ -12,6 +12,7 @@ pub mod client;
 pub mod info;
 pub mod govern;
 pub mod jobs;
+pub mod limits;
 pub mod makeflags;
 pub mod output;
 pub mod pool;
