@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use crate::limits::{self, Limits};
 use crate::makeflags::Auth;
 use crate::server::Style;
 use crate::status::Status;
@@ -48,8 +49,9 @@ pub struct Cli {
     )]
     pub jobs: Option<usize>,
 
-    /// Start no further job while the 1-minute load average is at least LOAD (one job may
-    /// always run).
+    /// While the 1-minute load average is at least LOAD: in a pool of jsrun's own, hold
+    /// back the tokens that come back, so the whole tree starts no new job; under another
+    /// pool, start no further job of jsrun's own (one may always run).
     #[arg(
         short = 'l',
         long = "load-average",
@@ -58,6 +60,19 @@ pub struct Cli {
         allow_negative_numbers = true
     )]
     pub load_average: Option<f64>,
+
+    /// While the memory available (the least of MemAvailable and, for each cgroup up to
+    /// the root, its limit less its usage) is below SIZE (512M, 4G, bytes): in a pool of
+    /// jsrun's own, hold back the tokens that come back; under another pool, run jsrun's
+    /// own jobs one at a time.
+    #[arg(long, value_name = "SIZE", value_parser = limits::parse_size)]
+    pub min_memory_avail: Option<u64>,
+
+    /// While the memory pressure stall (PSI "some avg10", in percent) is at least PCT: in
+    /// a pool of jsrun's own, hold back the tokens that come back; under another pool, run
+    /// jsrun's own jobs one at a time. Without PSI on the machine: a warning, ignored.
+    #[arg(long, value_name = "PCT", value_parser = limits::parse_percent)]
+    pub max_memory_pressure: Option<f64>,
 
     /// After a failure, keep starting the remaining jobs (default: start no new job, let
     /// running ones finish).
@@ -159,7 +174,8 @@ pub enum Input {
 pub struct Config {
     /// `-j`, with 0 already turned into the number of CPUs.
     pub jobs: Option<usize>,
-    pub load_average: Option<f64>,
+    /// `-l`, `--min-memory-avail`, `--max-memory-pressure`.
+    pub limits: Limits,
     pub keep_going: bool,
     pub jobserver_style: Option<Style>,
     pub jobserver_group: Option<nix::unistd::Gid>,
@@ -408,6 +424,8 @@ fn bad_value(arg: &clap::Arg, value: &str) -> String {
             "invalid -l value '{value}': not a load average above 0; use -l LOAD (e.g. -l 4 \
              or -l 2.5)"
         ),
+        "min_memory_avail" => limits::parse_size(value).err().unwrap_or_default(),
+        "max_memory_pressure" => limits::parse_percent(value).err().unwrap_or_default(),
         "output_sync" => format!(
             "invalid -O mode '{value}'; use -Oline, -Ojob or -Onone (a bare -O means -Ojob)"
         ),
@@ -492,7 +510,11 @@ impl TryFrom<Cli> for Config {
         };
         Ok(Config {
             jobs,
-            load_average: cli.load_average,
+            limits: Limits {
+                load: cli.load_average,
+                min_memory_avail: cli.min_memory_avail,
+                max_memory_pressure: cli.max_memory_pressure,
+            },
             keep_going: cli.keep_going,
             jobserver_style: cli.jobserver_style,
             jobserver_group: cli.jobserver_group.map(|g| group_id(&g)).transpose()?,

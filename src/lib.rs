@@ -20,9 +20,11 @@ pub mod report;
 pub mod run;
 pub mod say;
 pub mod server;
+pub mod slots;
 pub mod spawn;
 pub mod status;
 pub mod supervise;
 pub mod sys;
+pub mod verdict;
 
 pub use run::run;

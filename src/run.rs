@@ -81,7 +81,7 @@ fn execute(config: Config) -> Result<Status> {
         source,
         cap,
         keep_going: config.keep_going,
-        load_average: config.load_average,
+        load_average: config.limits.load,
         verbose: config.verbose,
         shell_lines,
         not_found_hint: config.not_found_hint.clone(),

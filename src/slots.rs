@@ -1,0 +1,185 @@
+//! The slot ledger: which slots jsrun's jobs hold, and the rule that each goes back.
+//!
+//! A job runs in jsrun's implicit slot (there is none under `--jobserver`) or on a token
+//! read for it. A [`Held`] slot gives itself back when dropped: a token writes back the
+//! very byte that was read for it (bytes may carry meaning), the implicit slot is marked
+//! free and nothing is written for it. So no path — an error, a failed spawn, a panic —
+//! can keep a token, and none can give one back twice.
+
+use std::cell::Cell;
+use std::io;
+
+use crate::client::Client;
+
+pub struct Ledger<'p> {
+    client: Option<&'p Client>,
+    /// Whether the pool has an implicit slot for jsrun at all.
+    has_implicit: bool,
+    implicit_free: Cell<bool>,
+    /// The jobserver failed (EOF, I/O error): read no more tokens from it.
+    failed: Cell<bool>,
+}
+
+/// The answer to "a slot for one more job?".
+pub enum Take<'l, 'p> {
+    Got(Held<'l, 'p>),
+    /// Wait until the jobserver is readable.
+    Wait,
+    /// No slot will come from the jobserver: it failed now (the error), or before.
+    Never(Option<io::Error>),
+}
+
+/// A slot a job holds; given back when dropped.
+pub struct Held<'l, 'p> {
+    ledger: &'l Ledger<'p>,
+    /// `None`: the implicit slot.
+    token: Option<u8>,
+}
+
+impl<'p> Ledger<'p> {
+    /// The slots of a pool: `client` for tokens, `implicit` when jsrun has an implicit slot.
+    pub fn new(client: Option<&'p Client>, implicit: bool) -> Ledger<'p> {
+        Ledger {
+            client,
+            has_implicit: implicit,
+            implicit_free: Cell::new(implicit),
+            failed: Cell::new(false),
+        }
+    }
+
+    /// The implicit slot when free, else a token if `tokens` allows one and the jobserver
+    /// has one now. Never blocks.
+    pub fn take<'l>(&'l self, tokens: bool) -> Take<'l, 'p> {
+        if self.implicit_free.replace(false) {
+            return Take::Got(Held {
+                ledger: self,
+                token: None,
+            });
+        }
+        let Some(client) = self.client.filter(|_| !self.failed.get()) else {
+            return Take::Never(None);
+        };
+        if !tokens {
+            return Take::Wait;
+        }
+        match client.try_acquire() {
+            Ok(Some(token)) => Take::Got(Held {
+                ledger: self,
+                token: Some(token),
+            }),
+            Ok(None) => Take::Wait,
+            Err(e) => {
+                self.failed.set(true);
+                Take::Never(Some(e))
+            }
+        }
+    }
+
+    /// Whether a job could still get a slot from the jobserver by waiting for it.
+    pub fn can_wait(&self) -> bool {
+        self.client.is_some() && !self.failed.get()
+    }
+
+    pub fn has_implicit(&self) -> bool {
+        self.has_implicit
+    }
+
+    /// jsrun's implicit slot is in use.
+    pub fn implicit_busy(&self) -> bool {
+        self.has_implicit && !self.implicit_free.get()
+    }
+}
+
+impl Held<'_, '_> {
+    /// Whether this is a token (not the implicit slot).
+    pub fn is_token(&self) -> bool {
+        self.token.is_some()
+    }
+}
+
+impl Drop for Held<'_, '_> {
+    fn drop(&mut self) {
+        match (self.token, self.ledger.client) {
+            (None, _) => self.ledger.implicit_free.set(true),
+            (Some(token), Some(client)) => {
+                if let Err(e) = client.release(token) {
+                    crate::say!("jsrun: warning: cannot give a token back to the jobserver: {e}");
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::makeflags::Auth;
+    use std::os::fd::AsRawFd;
+
+    fn pool(tokens: &[u8]) -> (Client, std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        nix::unistd::write(&w, tokens).unwrap();
+        let client = Client::open(&Auth::Pipe {
+            read: r.as_raw_fd(),
+            write: w.as_raw_fd(),
+        })
+        .unwrap();
+        (client, r, w)
+    }
+
+    fn got<'l, 'p>(take: Take<'l, 'p>) -> Held<'l, 'p> {
+        match take {
+            Take::Got(held) => held,
+            Take::Wait => panic!("wait"),
+            Take::Never(e) => panic!("never: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_implicit_slot_first_then_tokens_each_given_back_as_it_was() {
+        let (client, _r, _w) = pool(b"ab");
+        let ledger = Ledger::new(Some(&client), true);
+        let implicit = got(ledger.take(true));
+        assert!(!implicit.is_token() && ledger.implicit_busy());
+        let a = got(ledger.take(true));
+        let b = got(ledger.take(true));
+        assert!(matches!(ledger.take(true), Take::Wait));
+        assert_eq!(client.available().unwrap(), 0);
+        drop(b);
+        drop(implicit);
+        assert!(!ledger.implicit_busy());
+        assert_eq!(client.available().unwrap(), 1, "nothing written for the implicit slot");
+        drop(a);
+        let mut back = [0u8; 2];
+        assert_eq!(nix::unistd::read(client.fd(), &mut back).unwrap(), 2);
+        assert_eq!(&back, b"ba", "the very bytes, in the order they came back");
+    }
+
+    #[test]
+    fn no_implicit_slot_under_a_given_jobserver_and_no_tokens_while_held_back() {
+        let (client, _r, _w) = pool(b"x");
+        let ledger = Ledger::new(Some(&client), false);
+        assert!(matches!(ledger.take(false), Take::Wait), "tokens not allowed");
+        let x = got(ledger.take(true));
+        assert!(x.is_token());
+        assert!(matches!(ledger.take(true), Take::Wait));
+        drop(x);
+        assert_eq!(client.available().unwrap(), 1);
+        let alone = Ledger::new(None, true);
+        let only = got(alone.take(true));
+        assert!(matches!(alone.take(true), Take::Never(None)));
+        drop(only);
+        assert!(matches!(alone.take(true), Take::Got(_)));
+    }
+
+    #[test]
+    fn a_jobserver_at_eof_is_never_read_again() {
+        // /dev/null behind fifo: reads see EOF at once.
+        let dev_null = Client::open(&Auth::Fifo("/dev/null".into())).unwrap();
+        let ledger = Ledger::new(Some(&dev_null), false);
+        assert!(matches!(ledger.take(true), Take::Never(Some(_))));
+        assert!(!ledger.can_wait());
+        assert!(matches!(ledger.take(true), Take::Never(None)));
+    }
+}
