@@ -1,5 +1,7 @@
 complete -c jsrun -s j -l jobs -d 'Job slots: at most N jobs at once (-jN, -j N or --jobs=N). Bare -j or -j0: the number of CPUs; before a command write -j -- COMMAND. With no usable jobserver around, jsrun creates one with N slots for its children' -r
-complete -c jsrun -s l -l load-average -d 'Start no further job while the 1-minute load average is at least LOAD (one job may always run)' -r
+complete -c jsrun -s l -l load-average -d 'While the 1-minute load average is at least LOAD: in a pool of jsrun\'s own, hold back the tokens that come back, so the whole tree starts no new job; under another pool, start no further job of jsrun\'s own (one may always run)' -r
+complete -c jsrun -l min-memory-avail -d 'While the memory available (the least of MemAvailable and, for each cgroup up to the root, its limit less its usage) is below SIZE (512M, 4G, bytes): in a pool of jsrun\'s own, hold back the tokens that come back; under another pool, run jsrun\'s own jobs one at a time' -r
+complete -c jsrun -l max-memory-pressure -d 'While the memory pressure stall (PSI "some avg10", in percent) is at least PCT: in a pool of jsrun\'s own, hold back the tokens that come back; under another pool, run jsrun\'s own jobs one at a time. Without PSI on the machine: a warning, ignored' -r
 complete -c jsrun -l jobserver-style -d 'Kind of jobserver to create. Default: fifo, or pipe when the command is a GNU make older than 4.4' -r -f -a "fifo\t'A named pipe in a private directory (make >= 4.4, ninja, Portage, cargo)'
 pipe\t'An inherited anonymous pipe (make <= 4.3)'"
 complete -c jsrun -l jobserver-group -d 'Let GROUP use the fifo jsrun creates (directory 0710, fifo 0660 instead of 0700 and 0600), e.g. the build user of emerge\'s FEATURES=userpriv' -r
