@@ -1,6 +1,7 @@
 //! What to run: job values from a [`source::Source`], commands from a
 //! [`template::Template`], programs resolved before any token is taken for them.
 
+pub mod feed;
 pub mod source;
 pub mod template;
 
