@@ -1,6 +1,7 @@
 //! The supervision loop: one `poll()` over the signalfd (child exits and SIGINT, SIGTERM,
 //! SIGHUP), the jobserver while a job waits for a token, the job source while it has no
-//! full line, and the output pipes of running jobs. Nothing sleeps and nothing spins.
+//! full line, the output pipes of running jobs, and jsrun's stdout or stderr while grouped
+//! output waits for it. Nothing sleeps, nothing spins, and no write blocks.
 //!
 //! Slots: a job runs in jsrun's implicit slot (there is none under `--jobserver`) or on a
 //! token read for it. When the job ends its token is written back, the very byte read
@@ -162,17 +163,25 @@ impl Supervisor<'_> {
             let wants = self.start_jobs()?;
             if self.running.is_empty()
                 && (self.halt || (self.source_done && self.pending.is_none()))
+                && (self.output.is_empty() || self.interrupted.is_some())
             {
-                return Ok(());
+                break;
             }
             self.wait(signals, &wants)?;
         }
+        // Interrupted with output still queued: one last try that does not wait.
+        self.output.flush();
+        Ok(())
     }
 
     /// Starts jobs while slots, jobs and the load allow; says what to wait for next.
     fn start_jobs(&mut self) -> Result<Wants> {
         let mut wants = Wants::default();
-        while !self.halt && !self.short_of_resources && self.running.len() < self.plan.cap {
+        while !self.halt
+            && !self.short_of_resources
+            && !self.output.backlogged()
+            && self.running.len() < self.plan.cap
+        {
             if self.pending.is_none() {
                 match self.plan.source.next_job() {
                     Next::Job(value) => {
@@ -400,17 +409,26 @@ impl Supervisor<'_> {
         for fd in [token_fd, source_fd].into_iter().flatten() {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+        // Grouped output waiting for jsrun's stdout or stderr to take it.
+        let sink_fd = self.output.waiting_for();
+        if let Some(fd) = sink_fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+        }
         let first_output = fds.len();
-        let output_fds: Vec<(usize, BorrowedFd<'_>)> = self
-            .running
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| {
-                r.capture
-                    .iter()
-                    .flat_map(move |c| c.pipes().map(move |p| (i, p.as_fd())))
-            })
-            .collect();
+        let output_fds: Vec<(usize, BorrowedFd<'_>)> = match self.output.backlogged() {
+            // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
+            true => Vec::new(),
+            false => self
+                .running
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| {
+                    r.capture
+                        .iter()
+                        .flat_map(move |c| c.pipes().map(move |p| (i, p.as_fd())))
+                })
+                .collect(),
+        };
         fds.extend(
             output_fds
                 .iter()
@@ -428,6 +446,10 @@ impl Supervisor<'_> {
             && fds[1 + usize::from(token_fd.is_some())]
                 .revents()
                 .is_some_and(|r| !r.is_empty());
+        let sink_ready = sink_fd.is_some()
+            && fds[first_output - 1]
+                .revents()
+                .is_some_and(|r| !r.is_empty());
         let ready_outputs: Vec<usize> = fds[first_output..]
             .iter()
             .zip(&output_fds)
@@ -435,6 +457,9 @@ impl Supervisor<'_> {
             .map(|(_, (i, _))| *i)
             .collect();
         drop(fds);
+        if sink_ready {
+            self.output.flush();
+        }
         for i in ready_outputs {
             let running = &mut self.running[i];
             if let Some(capture) = &mut running.capture {
@@ -474,7 +499,6 @@ impl Supervisor<'_> {
                 continue;
             };
             let mut done = self.running.swap_remove(i);
-            // The slot first: printing the job's output may take a while.
             self.release(done.slot);
             self.short_of_resources = false;
             if let Some(capture) = done.capture.take() {
