@@ -9,6 +9,7 @@
 //! the same pipe: one queue keeps the order of a job's pieces), and the loop polls the sink
 //! until it is written. While the queue holds more than `QUEUE_LIMIT`, no job's pipe is
 //! drained and no job starts: jobs block on their own full pipes, and memory stays bounded.
+//! The reader of stdout or stderr gone (EPIPE) ends the run quietly with 141.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -43,6 +44,15 @@ pub struct Output {
     tag: bool,
     buf: Vec<u8>,
     queue: Queue,
+}
+
+/// Why grouped output can no longer be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// EPIPE: the reader of jsrun's stdout or stderr has gone.
+    BrokenPipe,
+    /// Another write error, already said on stderr.
+    Failed,
 }
 
 /// One job's captured stdout and stderr.
@@ -103,6 +113,9 @@ impl Output {
     /// Reads what the job has written so far (a bounded amount, and nothing more once the
     /// queue is full); line mode queues its complete lines.
     pub fn drain(&mut self, capture: &mut Capture, job: &Job) {
+        if self.queue.gone.is_some() {
+            return;
+        }
         for stream in &mut capture.streams {
             self.read_stream(stream, job, 4 * CHUNK, true);
         }
@@ -111,6 +124,9 @@ impl Output {
 
     /// The job has ended: takes what it left in its pipes and queues its output.
     pub fn finish(&mut self, mut capture: Capture, job: &Job) {
+        if self.queue.gone.is_some() {
+            return;
+        }
         for stream in &mut capture.streams {
             // What the job wrote before it ended is in the pipe now; a process it left
             // behind may go on writing, and is not waited for.
@@ -152,6 +168,17 @@ impl Output {
         let head = self.queue.pieces.front()?;
         match (self.queue.blocked, &self.queue.sinks) {
             (true, Some(sinks)) => Some(sinks[head.to].fd()),
+            _ => None,
+        }
+    }
+
+    /// Once: the output can no longer be written.
+    pub fn take_gone(&mut self) -> Option<Gone> {
+        match (self.queue.gone, self.queue.gone_reported) {
+            (Some(gone), false) => {
+                self.queue.gone_reported = true;
+                Some(gone)
+            }
             _ => None,
         }
     }
@@ -220,6 +247,13 @@ impl Capture {
     /// The pipes still open, to poll.
     pub fn pipes(&self) -> impl Iterator<Item = &OwnedFd> {
         self.streams.iter().filter_map(|s| s.pipe.as_ref())
+    }
+}
+
+fn stream_name(to: usize) -> &'static str {
+    match to {
+        0 => "stdout",
+        _ => "stderr",
     }
 }
 
@@ -363,6 +397,8 @@ struct Queue {
     held: usize,
     /// The sink of the first piece took nothing the last time: wait until poll says it can.
     blocked: bool,
+    gone: Option<Gone>,
+    gone_reported: bool,
 }
 
 /// A piece of output for one sink.
@@ -430,6 +466,8 @@ enum Step {
     Done,
     /// Its sink would block.
     Blocked,
+    /// Its sink failed.
+    Gone(Gone),
 }
 
 impl Queue {
@@ -445,16 +483,21 @@ impl Queue {
             pieces: VecDeque::new(),
             held: 0,
             blocked: false,
+            gone: None,
+            gone_reported: false,
         }
     }
 
     fn push(&mut self, piece: Piece) {
+        if self.gone.is_some() {
+            return;
+        }
         self.held += piece.cost();
         self.pieces.push_back(piece);
     }
 
     fn push_bytes(&mut self, to: usize, data: Vec<u8>) {
-        if data.is_empty() {
+        if self.gone.is_some() || data.is_empty() {
             return;
         }
         if data.len() <= SMALL
@@ -479,7 +522,10 @@ impl Queue {
     fn flush(&mut self, buf: &mut [u8]) {
         self.blocked = false;
         let Some(sinks) = &self.sinks else { return };
-        while let Some(head) = self.pieces.front_mut() {
+        while self.gone.is_none() {
+            let Some(head) = self.pieces.front_mut() else {
+                return;
+            };
             self.held -= head.cost();
             let step = step(head, sinks, buf);
             match step {
@@ -491,6 +537,11 @@ impl Queue {
                 }
                 Step::Done => {
                     self.pieces.pop_front();
+                }
+                Step::Gone(gone) => {
+                    self.pieces.clear();
+                    self.held = 0;
+                    self.gone = Some(gone);
                 }
             }
         }
@@ -506,8 +557,15 @@ fn step(head: &mut Piece, sinks: &[Sink; 2], buf: &mut [u8]) -> Step {
                 Step::More
             }
             Err(Errno::EAGAIN) => Step::Blocked,
-            // A sink that fails loses the piece, as before.
-            Err(_) => Step::Done,
+            // The reader has gone: quietly, as `seq | head -1` ends.
+            Err(Errno::EPIPE) => Step::Gone(Gone::BrokenPipe),
+            Err(e) => {
+                crate::say!(
+                    "jsrun: error: cannot write to {}: {e}",
+                    stream_name(head.to)
+                );
+                Step::Gone(Gone::Failed)
+            }
         };
     }
     let Some(rest) = &mut head.rest else {

@@ -24,7 +24,7 @@ use crate::client::Client;
 use crate::jobs::source::{Next, Source};
 use crate::jobs::template::{Fill, Template};
 use crate::jobs::{self, Job};
-use crate::output::{Capture, Output};
+use crate::output::{Capture, Gone, Output};
 use crate::report::{Finished, Report};
 use crate::spawn::Spawner;
 use crate::status::Status;
@@ -477,7 +477,26 @@ impl Supervisor<'_> {
                 sig => self.interrupt(sig),
             }
         }
+        self.check_output();
         Ok(())
+    }
+
+    /// Acts on what became of grouped output. Its reader gone (EPIPE) or a write failed:
+    /// start no job, drop every capture (a job that writes again gets SIGPIPE, as it would
+    /// without `-O`; one that does not finishes), let the running jobs end, and end with
+    /// 141 (a failed write: 125).
+    fn check_output(&mut self) {
+        if let Some(gone) = self.output.take_gone() {
+            self.halt = true;
+            self.pending = None;
+            for running in &mut self.running {
+                running.capture = None;
+            }
+            self.first_failure.get_or_insert(match gone {
+                Gone::BrokenPipe => Status::BROKEN_PIPE,
+                Gone::Failed => Status::USAGE,
+            });
+        }
     }
 
     /// Reaps every child that has ended.

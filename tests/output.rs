@@ -1,6 +1,7 @@
-//! Grouped output (`-O line`, `-O job`, `--tag`) never blocks the loop:
-//! a signal reaches jsrun while nobody reads its output, and output nobody
-//! reads yet holds the jobs back, not jsrun's memory.
+//! Grouped output (`-O line`, `-O job`, `--tag`) never blocks the loop: a
+//! signal reaches jsrun while nobody reads its output, output nobody reads
+//! yet holds the jobs back, not jsrun's memory, and a closed stdout stops
+//! the run with 141.
 
 mod util;
 
@@ -8,7 +9,7 @@ use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use util::{FifoJobserver, Sandbox, path_str, sorted, wait_until};
@@ -255,4 +256,82 @@ fn output_nobody_reads_yet_holds_the_jobs_back_not_memory() {
     output.success();
     assert!(partial.is_empty(), "output ends in a broken line");
     assert_eq!(counts, [BYTES / 2; 2], "lines of each job");
+}
+
+// ---------------------------------------------------------------------------
+// A closed stdout
+
+/// Runs a bash pipeline under the test's pool and returns the status of
+/// the pipeline's command number `index` (as `PIPESTATUS` has it).
+#[track_caller]
+fn pipeline_status(sandbox: &Sandbox, pool: &FifoJobserver, pipeline: &str, index: usize) -> i32 {
+    let script = format!("{pipeline}; echo \"status=${{PIPESTATUS[{index}]}}\"");
+    let output = sandbox
+        .command("bash")
+        .args(["-c", &script])
+        .fifo_jobserver(pool)
+        .deadline(SHORT)
+        .run();
+    output
+        .success()
+        .stderr_lacks("jsrun")
+        .stderr_lacks("panicked");
+    output
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("status="))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line\n{}", output.report()))
+}
+
+/// Rows of a job log (the header not counted).
+fn joblog_rows(path: &Path) -> usize {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        .saturating_sub(1)
+}
+
+/// `jsrun -j4 MODE echo ::: 1..10000 | head -1`: the reader is gone after one
+/// line. jsrun starts no further job, ends with 141 without a word, and
+/// gives every token back, as it does under `-O none`.
+#[test]
+fn a_closed_stdout_stops_a_grouped_run_of_values() {
+    for mode in GROUPED {
+        let sandbox = Sandbox::new();
+        let pool = FifoJobserver::new(&sandbox, b"abc");
+        let joblog = sandbox.join("joblog");
+        let pipeline = format!(
+            "{} -j4 {mode} --joblog {} echo ::: $(seq 10000) | head -1 >/dev/null",
+            jsrun(),
+            path_str(&joblog)
+        );
+        let status = pipeline_status(&sandbox, &pool, &pipeline, 0);
+        assert_eq!(status, 141, "{mode}: jsrun's status");
+        let ran = joblog_rows(&joblog);
+        assert!(
+            ran < 10_000,
+            "{mode}: all {ran} jobs ran for a closed stdout"
+        );
+        assert_eq!(sorted(&pool.drain()), b"abc", "{mode}: tokens back");
+    }
+}
+
+/// `seq 1 100000000 | jsrun -j4 MODE echo :::: - | head -1`: the same with
+/// values streamed from stdin; jsrun must stop, not run a hundred million
+/// jobs into a closed pipe.
+#[test]
+fn a_closed_stdout_stops_a_grouped_run_of_streamed_values() {
+    for mode in GROUPED {
+        let sandbox = Sandbox::new();
+        let pool = FifoJobserver::new(&sandbox, b"abc");
+        let pipeline = format!(
+            "seq 1 100000000 | {} -j4 {mode} echo :::: - | head -1 >/dev/null",
+            jsrun()
+        );
+        let status = pipeline_status(&sandbox, &pool, &pipeline, 1);
+        assert_eq!(status, 141, "{mode}: jsrun's status");
+        assert_eq!(sorted(&pool.drain()), b"abc", "{mode}: tokens back");
+    }
 }
