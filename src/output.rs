@@ -9,7 +9,12 @@
 //! the same pipe: one queue keeps the order of a job's pieces), and the loop polls the sink
 //! until it is written. While the queue holds more than `QUEUE_LIMIT`, no job's pipe is
 //! drained and no job starts: jobs block on their own full pipes, and memory stays bounded.
-//! The reader of stdout or stderr gone (EPIPE) ends the run quietly with 141.
+//!
+//! Output is delivered whole and once, or the job is named: a spill file that fails is cut
+//! back to its last good length and the rest is kept in memory; memory that runs out or a
+//! spill file that cannot be read back is reported as
+//! `jsrun: error: output of job N (COMMAND) could not be kept: REASON`, and the job counts
+//! as failed. The reader of stdout or stderr gone (EPIPE) ends the run quietly with 141.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -44,6 +49,8 @@ pub struct Output {
     tag: bool,
     buf: Vec<u8>,
     queue: Queue,
+    /// The fall-back from a spill file to memory has been reported.
+    spill_warned: bool,
 }
 
 /// Why grouped output can no longer be written.
@@ -66,8 +73,19 @@ struct Stream {
     /// Job mode: everything so far (after the spill file). Line mode: the unfinished last
     /// line.
     kept: Vec<u8>,
-    spill: Option<File>,
+    spill: Option<Spill>,
+    /// Why the spill file was given up: from then on everything stays in memory.
+    spill_failed: Option<io::Error>,
+    /// Why this stream's output is lost, if it is; what comes later is read and dropped.
+    lost: Option<String>,
     is_stderr: bool,
+}
+
+/// The part of a stream that went to an unlinked temp file: exactly its first `len`
+/// bytes, whatever a failed write may have left after them.
+struct Spill {
+    file: File,
+    len: u64,
 }
 
 impl Output {
@@ -81,6 +99,7 @@ impl Output {
                 false => Vec::new(),
             },
             queue: Queue::new(grouped),
+            spill_warned: false,
         }
     }
 
@@ -98,6 +117,8 @@ impl Output {
                 pipe: Some(read),
                 kept: Vec::new(),
                 spill: None,
+                spill_failed: None,
+                lost: None,
                 is_stderr,
             };
             Ok((stream, write))
@@ -122,10 +143,11 @@ impl Output {
         self.flush_unless_blocked();
     }
 
-    /// The job has ended: takes what it left in its pipes and queues its output.
-    pub fn finish(&mut self, mut capture: Capture, job: &Job) {
+    /// The job has ended: takes what it left in its pipes and queues its output. `false`
+    /// when a part of it could not be kept (said on stderr): the job counts as failed.
+    pub fn finish(&mut self, mut capture: Capture, job: &Job) -> bool {
         if self.queue.gone.is_some() {
-            return;
+            return true;
         }
         for stream in &mut capture.streams {
             // What the job wrote before it ended is in the pipe now; a process it left
@@ -136,10 +158,12 @@ impl Output {
             };
             self.read_stream(stream, job, budget, false);
         }
+        let mut whole = true;
         for stream in capture.streams {
-            self.queue_stream(stream, job);
+            whole &= self.queue_stream(stream, job);
         }
         self.flush_unless_blocked();
+        whole
     }
 
     /// Writes as much of the queue as the sinks take now, without waiting.
@@ -183,6 +207,11 @@ impl Output {
         }
     }
 
+    /// Outputs lost while they were written out (said on stderr) since the last call.
+    pub fn take_lost(&mut self) -> usize {
+        std::mem::take(&mut self.queue.lost)
+    }
+
     /// Reads up to `limit` bytes from a stream's pipe, until it would block or ends; with
     /// `bounded`, also stops once the queue is over its bound.
     fn read_stream(&mut self, stream: &mut Stream, job: &Job, limit: usize, bounded: bool) {
@@ -204,7 +233,7 @@ impl Output {
                                 self.queue.push_bytes(to, tagger.apply(lines));
                             }
                         }
-                        _ => keep(stream, data),
+                        _ => keep(stream, data, job, &mut self.spill_warned),
                     }
                 }
                 Err(Errno::EINTR) => {}
@@ -217,17 +246,29 @@ impl Output {
 
     /// Queues a finished job's stream: the spilled part is read back a chunk at a time
     /// when its turn comes (never whole in memory), then what was kept in memory.
-    fn queue_stream(&mut self, stream: Stream, job: &Job) {
+    fn queue_stream(&mut self, stream: Stream, job: &Job) -> bool {
         let to = usize::from(stream.is_stderr);
-        let Some(mut file) = stream.spill else {
+        if let Some(reason) = stream.lost {
+            crate::say!(
+                "jsrun: error: {} could not be kept: {reason}",
+                output_of(job)
+            );
+            return false;
+        }
+        let Some(Spill { mut file, len }) = stream.spill else {
             if !stream.kept.is_empty() {
                 let mut tagger = Tagger::new(self.tag, job);
                 self.queue.push_bytes(to, tagger.apply(stream.kept));
             }
-            return;
+            return true;
         };
-        if file.rewind().is_err() {
-            return;
+        if let Err(e) = file.rewind() {
+            crate::say!(
+                "jsrun: error: {} could not be kept: {}: cannot read back its temp file: {e}",
+                output_of(job),
+                stream_name(to)
+            );
+            return false;
         }
         self.queue.push(Piece {
             to,
@@ -235,11 +276,14 @@ impl Output {
             done: 0,
             rest: Some(Box::new(Spilled {
                 file,
+                left: len,
                 tail: stream.kept,
                 tail_done: 0,
                 tagger: Tagger::new(self.tag, job),
+                job: output_of(job),
             })),
         });
+        true
     }
 }
 
@@ -248,6 +292,11 @@ impl Capture {
     pub fn pipes(&self) -> impl Iterator<Item = &OwnedFd> {
         self.streams.iter().filter_map(|s| s.pipe.as_ref())
     }
+}
+
+/// "output of job N (COMMAND)", for messages.
+fn output_of(job: &Job) -> String {
+    format!("output of job {} ({})", job.seq, job.display())
 }
 
 fn stream_name(to: usize) -> &'static str {
@@ -260,6 +309,17 @@ fn stream_name(to: usize) -> &'static str {
 /// Line mode: adds `data` to the stream's unfinished line and takes the complete lines,
 /// if there are any now.
 fn take_lines(stream: &mut Stream, data: &[u8]) -> Option<Vec<u8>> {
+    if stream.lost.is_some() {
+        return None;
+    }
+    if stream.kept.try_reserve(data.len()).is_err() {
+        let kept = stream.kept.len();
+        lose(
+            stream,
+            format!("a line of more than {kept} bytes: out of memory"),
+        );
+        return None;
+    }
     let start = stream.kept.len();
     stream.kept.extend_from_slice(data);
     // Only the new bytes can hold a line end: the unfinished line had none.
@@ -268,24 +328,79 @@ fn take_lines(stream: &mut Stream, data: &[u8]) -> Option<Vec<u8>> {
     Some(std::mem::replace(&mut stream.kept, rest))
 }
 
-/// Job mode: keep in memory up to the limit, then move everything to an unlinked file.
-fn keep(stream: &mut Stream, data: &[u8]) {
+/// Job mode: keeps in memory up to the limit, then in an unlinked temp file. A temp file
+/// that cannot be created or written is cut back to what it holds whole, and everything
+/// from there on stays in memory: no byte is lost, duplicated or reordered. Memory that
+/// runs out loses the stream, which is said when the job ends.
+fn keep(stream: &mut Stream, data: &[u8], job: &Job, warned: &mut bool) {
+    if stream.lost.is_some() {
+        return;
+    }
     if stream.spill.is_none()
+        && stream.spill_failed.is_none()
         && stream.kept.len() + data.len() > MEMORY_LIMIT
-        && let Ok(mut file) = tempfile::tempfile()
-        && file.write_all(&stream.kept).is_ok()
     {
-        stream.kept.clear();
-        stream.spill = Some(file);
+        match start_spill(&stream.kept) {
+            Ok(file) => {
+                let len = stream.kept.len() as u64;
+                stream.kept = Vec::new();
+                stream.spill = Some(Spill { file, len });
+            }
+            Err(e) => spill_failed(stream, e, job, warned),
+        }
     }
-    let spilled = match &mut stream.spill {
-        Some(file) => file.write_all(data).is_ok(),
-        None => false,
-    };
-    if !spilled {
-        // No temp file to be had: keep it in memory rather than lose a byte.
-        stream.kept.extend_from_slice(data);
+    if stream.spill_failed.is_none()
+        && let Some(spill) = &mut stream.spill
+    {
+        match spill.file.write_all(data) {
+            Ok(()) => {
+                spill.len += data.len() as u64;
+                return;
+            }
+            Err(e) => {
+                // A part of `data` may be in the file: cut it off (and free the space).
+                // Reading back takes `len` bytes in any case.
+                let _ = spill.file.set_len(spill.len);
+                spill_failed(stream, e, job, warned);
+            }
+        }
     }
+    if stream.kept.try_reserve(data.len()).is_err() {
+        let reason = match &stream.spill_failed {
+            Some(e) => format!(
+                "the temp file failed ({e}), then memory ran out at {} MiB",
+                stream.kept.len() >> 20
+            ),
+            None => format!("memory ran out at {} MiB", stream.kept.len() >> 20),
+        };
+        lose(stream, reason);
+        return;
+    }
+    stream.kept.extend_from_slice(data);
+}
+
+fn start_spill(kept: &[u8]) -> io::Result<File> {
+    let mut file = tempfile::tempfile()?;
+    file.write_all(kept)?;
+    Ok(file)
+}
+
+fn spill_failed(stream: &mut Stream, e: io::Error, job: &Job, warned: &mut bool) {
+    if !std::mem::replace(warned, true) {
+        crate::say!(
+            "jsrun: warning: cannot put the {} in a temp file ({e}); keeping it in memory",
+            output_of(job)
+        );
+    }
+    stream.spill_failed = Some(e);
+}
+
+/// Gives up a stream's output: what was kept is freed, and what comes later is dropped.
+fn lose(stream: &mut Stream, reason: String) {
+    let name = stream_name(usize::from(stream.is_stderr));
+    stream.lost = Some(format!("{name}: {reason}"));
+    stream.kept = Vec::new();
+    stream.spill = None;
 }
 
 // ---------------------------------------------------------------------------
@@ -399,6 +514,8 @@ struct Queue {
     blocked: bool,
     gone: Option<Gone>,
     gone_reported: bool,
+    /// Outputs lost on the way out, not yet counted by the caller.
+    lost: usize,
 }
 
 /// A piece of output for one sink.
@@ -414,10 +531,14 @@ struct Piece {
 
 struct Spilled {
     file: File,
+    /// Bytes of the file still to read.
+    left: u64,
     /// What the stream kept in memory after the file's part.
     tail: Vec<u8>,
     tail_done: usize,
     tagger: Tagger,
+    /// "output of job N (COMMAND)", for a message.
+    job: String,
 }
 
 impl Piece {
@@ -433,14 +554,24 @@ impl Spilled {
     /// The next chunk of the stream, tagged, into `out`: `false` when there is none left.
     fn next_chunk(&mut self, out: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<bool> {
         out.clear();
-        let n = loop {
-            match self.file.read(buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        if self.left > 0 {
+            let want = buf
+                .len()
+                .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            let n = loop {
+                match self.file.read(&mut buf[..want]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "it is shorter than what was written to it",
+                ));
             }
-        };
-        if n > 0 {
+            self.left -= n as u64;
             self.tagger.push(out, &buf[..n]);
             return Ok(true);
         }
@@ -468,6 +599,8 @@ enum Step {
     Blocked,
     /// Its sink failed.
     Gone(Gone),
+    /// Its spill file could not be read back (said on stderr).
+    Lost,
 }
 
 impl Queue {
@@ -485,6 +618,7 @@ impl Queue {
             blocked: false,
             gone: None,
             gone_reported: false,
+            lost: 0,
         }
     }
 
@@ -538,6 +672,10 @@ impl Queue {
                 Step::Done => {
                     self.pieces.pop_front();
                 }
+                Step::Lost => {
+                    self.pieces.pop_front();
+                    self.lost += 1;
+                }
                 Step::Gone(gone) => {
                     self.pieces.clear();
                     self.held = 0;
@@ -574,8 +712,15 @@ fn step(head: &mut Piece, sinks: &[Sink; 2], buf: &mut [u8]) -> Step {
     head.done = 0;
     match rest.next_chunk(&mut head.data, buf) {
         Ok(true) => Step::More,
-        // A spill file that cannot be read back ends the piece.
-        Ok(false) | Err(_) => Step::Done,
+        Ok(false) => Step::Done,
+        Err(e) => {
+            crate::say!(
+                "jsrun: error: {} could not be kept: {}: cannot read back its temp file: {e}",
+                rest.job,
+                stream_name(head.to)
+            );
+            Step::Lost
+        }
     }
 }
 
@@ -644,6 +789,8 @@ mod tests {
             pipe: None,
             kept: Vec::new(),
             spill: None,
+            spill_failed: None,
+            lost: None,
             is_stderr: false,
         };
         assert_eq!(take_lines(&mut stream, b"ab"), None);

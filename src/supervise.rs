@@ -484,7 +484,7 @@ impl Supervisor<'_> {
     /// Acts on what became of grouped output. Its reader gone (EPIPE) or a write failed:
     /// start no job, drop every capture (a job that writes again gets SIGPIPE, as it would
     /// without `-O`; one that does not finishes), let the running jobs end, and end with
-    /// 141 (a failed write: 125).
+    /// 141 (a failed write: 125). Output lost on its way out counts as a failed job.
     fn check_output(&mut self) {
         if let Some(gone) = self.output.take_gone() {
             self.halt = true;
@@ -496,6 +496,13 @@ impl Supervisor<'_> {
                 Gone::BrokenPipe => Status::BROKEN_PIPE,
                 Gone::Failed => Status::USAGE,
             });
+        }
+        if self.output.take_lost() > 0 {
+            self.first_failure.get_or_insert(Status::USAGE);
+            if !self.plan.keep_going {
+                self.halt = true;
+                self.pending = None;
+            }
         }
     }
 
@@ -511,7 +518,7 @@ impl Supervisor<'_> {
                 }
                 Ok(wait) => wait,
             };
-            let (Some(pid), Some(status)) = (wait.pid(), Status::of_job(wait)) else {
+            let (Some(pid), Some(mut status)) = (wait.pid(), Status::of_job(wait)) else {
                 continue;
             };
             let Some(i) = self.running.iter().position(|r| r.pid == pid) else {
@@ -520,8 +527,13 @@ impl Supervisor<'_> {
             let mut done = self.running.swap_remove(i);
             self.release(done.slot);
             self.short_of_resources = false;
-            if let Some(capture) = done.capture.take() {
-                self.output.finish(capture, &done.job);
+            // Output that could not be kept (said already) fails a job that succeeded: 125,
+            // an error of jsrun's own.
+            if let Some(capture) = done.capture.take()
+                && !self.output.finish(capture, &done.job)
+                && status.success()
+            {
+                status = Status::USAGE;
             }
             let signal = match wait {
                 WaitStatus::Signaled(_, sig, _) => Some(sig),

@@ -1,7 +1,8 @@
-//! Grouped output (`-O line`, `-O job`, `--tag`) never blocks the loop: a
-//! signal reaches jsrun while nobody reads its output, output nobody reads
-//! yet holds the jobs back, not jsrun's memory, and a closed stdout stops
-//! the run with 141.
+//! Grouped output (`-O line`, `-O job`, `--tag`) is delivered whole or fails
+//! loudly, and writing it never blocks the loop: a closed stdout stops the
+//! run with 141, a full file system under `-O job` neither reorders nor
+//! duplicates a byte, and a signal reaches jsrun while nobody reads its
+//! output.
 
 mod util;
 
@@ -10,6 +11,7 @@ use std::fs::{self, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use util::{FifoJobserver, Sandbox, path_str, sorted, wait_until};
@@ -334,4 +336,151 @@ fn a_closed_stdout_stops_a_grouped_run_of_streamed_values() {
         assert_eq!(status, 141, "{mode}: jsrun's status");
         assert_eq!(sorted(&pool.drain()), b"abc", "{mode}: tokens back");
     }
+}
+
+// ---------------------------------------------------------------------------
+// -O job and a full file system
+
+/// A small tmpfs, unmounted when the test ends, also when it fails.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax, e.g. `2m`) at `dir`;
+    /// `None`, with a note, where mounting is not allowed (not root, a
+    /// container without the capability).
+    fn mount(dir: PathBuf, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(&dir).expect("create the mount point");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output();
+        match output {
+            Ok(out) if out.status.success() => Some(Tmpfs { dir }),
+            Ok(out) => {
+                eprintln!(
+                    "note: skipped, cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(err) => {
+                eprintln!("note: skipped, cannot run mount: {err}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a process of a failed test): detach it now.
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// `lines` numbered lines that name `name`, about 30 bytes each.
+fn text(name: &str, lines: usize) -> String {
+    (0..lines)
+        .map(|i| format!("{name} {i:08} quick brown fox\n"))
+        .collect()
+}
+
+/// Where two long texts first differ, without printing megabytes.
+fn difference(got: &str, want: &str) -> String {
+    let at = got
+        .bytes()
+        .zip(want.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let near = |text: &str| {
+        let from = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+        text[from..].lines().next().unwrap_or_default().to_owned()
+    };
+    format!(
+        "lengths {} (got) and {} (want); first difference at byte {at}: got {:?}, want {:?}",
+        got.len(),
+        want.len(),
+        near(got),
+        near(want)
+    )
+}
+
+/// A job that writes FILE in an odd first piece and then the rest, so that
+/// the spill file's length is not a multiple of a page when the file system
+/// fills up and a write is cut short.
+const ODD_CAT: &str = "head -c 1000 \"$1\"; tail -c +1001 \"$1\"";
+
+/// `-O job` with TMPDIR on a 2 MiB tmpfs: two jobs at once, each writing
+/// 6 MiB, spill until the file system is full. Each job's output still
+/// arrives byte for byte, in one piece, exactly once, and jsrun exits 0.
+#[test]
+fn output_sync_job_on_a_full_file_system_keeps_every_byte_in_order() {
+    let sandbox = Sandbox::new();
+    let Some(tmpfs) = Tmpfs::mount(sandbox.join("tmp"), "2m") else {
+        return;
+    };
+    let one = text("one", 200_000);
+    let two = text("two", 200_000);
+    sandbox.write("one", &one);
+    sandbox.write("two", &two);
+    let output = sandbox
+        .jsrun()
+        .env("TMPDIR", &tmpfs.dir)
+        .args(["-j2", "-O", "sh", "-c", ODD_CAT, "sh", ":::", "one", "two"])
+        .run();
+    let summary = format!("status {:?}, stderr:\n{}", output.status, output.stderr);
+    assert!(output.status.success(), "{summary}");
+    let first = output.stdout.get(..3).unwrap_or_default();
+    let want = match first {
+        "two" => format!("{two}{one}"),
+        _ => format!("{one}{two}"),
+    };
+    assert!(
+        output.stdout == want,
+        "the jobs' output is not each whole and once: {}\n{summary}",
+        difference(&output.stdout, &want)
+    );
+}
+
+/// The same with jsrun's address space limited (RLIMIT_AS 128 MiB) and a
+/// job writing 512 MiB: neither the tmpfs nor memory can keep it. jsrun
+/// names the job, prints none of its output and exits non-zero, instead of
+/// aborting or passing on a part.
+#[test]
+fn output_sync_job_names_a_job_whose_output_cannot_be_kept() {
+    const LIMIT: u64 = 128 << 20;
+    let sandbox = Sandbox::new();
+    let Some(tmpfs) = Tmpfs::mount(sandbox.join("tmp"), "2m") else {
+        return;
+    };
+    let output = sandbox
+        .jsrun()
+        .env("TMPDIR", &tmpfs.dir)
+        .rlimit(libc::RLIMIT_AS, LIMIT)
+        .args(["-O", "head", "-c", "536870912", "/dev/zero"])
+        .run();
+    output
+        .stderr_contains(
+            "jsrun: error: output of job 1 (head -c 536870912 /dev/zero) could not be kept: ",
+        )
+        .stderr_lacks("panicked");
+    assert_eq!(
+        output.status.code(),
+        Some(125),
+        "jsrun's status\n{}",
+        output.report()
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "a part of the lost output was printed ({} bytes)",
+        output.stdout.len()
+    );
 }
