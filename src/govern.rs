@@ -245,11 +245,7 @@ impl Governor {
     pub fn finish(&mut self, now: Instant) -> (View, Vec<u8>, usize) {
         self.view.advance(now);
         let expected = self.slots - self.implicit + self.retire;
-        (
-            self.view.clone(),
-            std::mem::take(&mut self.held),
-            expected,
-        )
+        (self.view.clone(), std::mem::take(&mut self.held), expected)
     }
 }
 
@@ -370,7 +366,10 @@ mod tests {
         let a = make.try_acquire().unwrap().unwrap();
         let b = make.try_acquire().unwrap().unwrap();
         // Both tokens are out: the next one back is retired.
-        assert_eq!(gov.resize(false, &client), Some(Event::Resized { slots: 2 }));
+        assert_eq!(
+            gov.resize(false, &client),
+            Some(Event::Resized { slots: 2 })
+        );
         assert!(gov.wants_tokens());
         make.release(a).unwrap();
         gov.wake(&client, true, now, &mut events);
@@ -379,10 +378,16 @@ mod tests {
         gov.wake(&client, true, now, &mut events);
         assert_eq!(client.available().unwrap(), 1);
         assert!(!gov.wants_tokens());
-        assert_eq!(gov.resize(false, &client), Some(Event::Resized { slots: 1 }));
+        assert_eq!(
+            gov.resize(false, &client),
+            Some(Event::Resized { slots: 1 })
+        );
         assert_eq!(gov.resize(false, &client), None, "never below one slot");
         let (_, held, expected) = gov.finish(now);
-        assert_eq!((held.len(), expected, client.available().unwrap()), (0, 0, 0));
+        assert_eq!(
+            (held.len(), expected, client.available().unwrap()),
+            (0, 0, 0)
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@
 
 pub mod cli;
 pub mod client;
-pub mod info;
 pub mod govern;
+pub mod info;
 pub mod jobs;
 pub mod limits;
 pub mod makeflags;

@@ -149,7 +149,11 @@ mod tests {
         drop(b);
         drop(implicit);
         assert!(!ledger.implicit_busy());
-        assert_eq!(client.available().unwrap(), 1, "nothing written for the implicit slot");
+        assert_eq!(
+            client.available().unwrap(),
+            1,
+            "nothing written for the implicit slot"
+        );
         drop(a);
         let mut back = [0u8; 2];
         assert_eq!(nix::unistd::read(client.fd(), &mut back).unwrap(), 2);
@@ -160,7 +164,10 @@ mod tests {
     fn no_implicit_slot_under_a_given_jobserver_and_no_tokens_while_held_back() {
         let (client, _r, _w) = pool(b"x");
         let ledger = Ledger::new(Some(&client), false);
-        assert!(matches!(ledger.take(false), Take::Wait), "tokens not allowed");
+        assert!(
+            matches!(ledger.take(false), Take::Wait),
+            "tokens not allowed"
+        );
         let x = got(ledger.take(true));
         assert!(x.is_token());
         assert!(matches!(ledger.take(true), Take::Wait));

@@ -1,6 +1,7 @@
 //! The supervision loop: one `poll()` over the signalfd (child exits and SIGINT, SIGTERM,
 //! SIGHUP), the jobserver while a job waits for a token, the job source while it has no
-//! full line, and the output pipes of running jobs. Nothing sleeps and nothing spins.
+//! full line, the output pipes of running jobs, and jsrun's stdout or stderr while grouped
+//! output waits for it. Nothing sleeps, nothing spins, and no write blocks.
 //!
 //! Slots: a job runs in jsrun's implicit slot (there is none under `--jobserver`) or on a
 //! token read for it. When the job ends its token is written back, the very byte read
@@ -22,7 +23,7 @@ use nix::unistd::Pid;
 use crate::jobs::source::{Next, Source};
 use crate::jobs::template::{Fill, Template};
 use crate::jobs::{self, Job};
-use crate::output::{Capture, Output};
+use crate::output::{Capture, Gone, Output};
 use crate::pool::Pool;
 use crate::report::{Finished, Report};
 use crate::spawn::Spawner;
@@ -168,17 +169,25 @@ impl Supervisor<'_> {
             let wants = self.start_jobs()?;
             if self.running.is_empty()
                 && (self.halt || (self.source_done && self.pending.is_none()))
+                && (self.output.is_empty() || self.interrupted.is_some())
             {
-                return Ok(());
+                break;
             }
             self.wait(&wants)?;
         }
+        // Interrupted with output still queued: one last try that does not wait.
+        self.output.flush();
+        Ok(())
     }
 
     /// Starts jobs while slots, jobs and the load allow; says what to wait for next.
     fn start_jobs(&mut self) -> Result<Wants> {
         let mut wants = Wants::default();
-        while !self.halt && !self.short_of_resources && self.running.len() < self.plan.cap {
+        while !self.halt
+            && !self.short_of_resources
+            && !self.output.backlogged()
+            && self.running.len() < self.plan.cap
+        {
             if self.pending.is_none() {
                 match self.plan.source.next_job() {
                     Next::Job(value) => {
@@ -407,17 +416,26 @@ impl Supervisor<'_> {
         for fd in [token_fd, source_fd].into_iter().flatten() {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+        // Grouped output waiting for jsrun's stdout or stderr to take it.
+        let sink_fd = self.output.waiting_for();
+        if let Some(fd) = sink_fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+        }
         let first_output = fds.len();
-        let output_fds: Vec<(usize, BorrowedFd<'_>)> = self
-            .running
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| {
-                r.capture
-                    .iter()
-                    .flat_map(move |c| c.pipes().map(move |p| (i, p.as_fd())))
-            })
-            .collect();
+        let output_fds: Vec<(usize, BorrowedFd<'_>)> = match self.output.backlogged() {
+            // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
+            true => Vec::new(),
+            false => self
+                .running
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| {
+                    r.capture
+                        .iter()
+                        .flat_map(move |c| c.pipes().map(move |p| (i, p.as_fd())))
+                })
+                .collect(),
+        };
         fds.extend(
             output_fds
                 .iter()
@@ -435,6 +453,10 @@ impl Supervisor<'_> {
             && fds[1 + usize::from(token_fd.is_some())]
                 .revents()
                 .is_some_and(|r| !r.is_empty());
+        let sink_ready = sink_fd.is_some()
+            && fds[first_output - 1]
+                .revents()
+                .is_some_and(|r| !r.is_empty());
         let ready_outputs: Vec<usize> = fds[first_output..]
             .iter()
             .zip(&output_fds)
@@ -442,6 +464,9 @@ impl Supervisor<'_> {
             .map(|(_, (i, _))| *i)
             .collect();
         drop(fds);
+        if sink_ready {
+            self.output.flush();
+        }
         for i in ready_outputs {
             let running = &mut self.running[i];
             if let Some(capture) = &mut running.capture {
@@ -466,6 +491,7 @@ impl Supervisor<'_> {
                 sig => self.interrupt(sig),
             }
         }
+        self.check_output();
         Ok(())
     }
 
@@ -513,6 +539,31 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Acts on what became of grouped output. Its reader gone (EPIPE) or a write failed:
+    /// start no job, drop every capture (a job that writes again gets SIGPIPE, as it would
+    /// without `-O`; one that does not finishes), let the running jobs end, and end with
+    /// 141 (a failed write: 125). Output lost on its way out counts as a failed job.
+    fn check_output(&mut self) {
+        if let Some(gone) = self.output.take_gone() {
+            self.halt = true;
+            self.pending = None;
+            for running in &mut self.running {
+                running.capture = None;
+            }
+            self.first_failure.get_or_insert(match gone {
+                Gone::BrokenPipe => Status::BROKEN_PIPE,
+                Gone::Failed => Status::USAGE,
+            });
+        }
+        if self.output.take_lost() > 0 {
+            self.first_failure.get_or_insert(Status::USAGE);
+            if !self.plan.keep_going {
+                self.halt = true;
+                self.pending = None;
+            }
+        }
+    }
+
     /// Reaps every child that has ended.
     fn reap(&mut self) {
         loop {
@@ -525,18 +576,22 @@ impl Supervisor<'_> {
                 }
                 Ok(wait) => wait,
             };
-            let (Some(pid), Some(status)) = (wait.pid(), Status::of_job(wait)) else {
+            let (Some(pid), Some(mut status)) = (wait.pid(), Status::of_job(wait)) else {
                 continue;
             };
             let Some(i) = self.running.iter().position(|r| r.pid == pid) else {
                 continue;
             };
             let mut done = self.running.swap_remove(i);
-            // The slot first: printing the job's output may take a while.
             self.release(done.slot);
             self.short_of_resources = false;
-            if let Some(capture) = done.capture.take() {
-                self.output.finish(capture, &done.job);
+            // Output that could not be kept (said already) fails a job that succeeded: 125,
+            // an error of jsrun's own.
+            if let Some(capture) = done.capture.take()
+                && !self.output.finish(capture, &done.job)
+                && status.success()
+            {
+                status = Status::USAGE;
             }
             let signal = match wait {
                 WaitStatus::Signaled(_, sig, _) => Some(sig),

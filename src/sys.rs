@@ -206,3 +206,24 @@ pub fn monotonic() -> std::time::Duration {
         .map(std::time::Duration::from)
         .unwrap_or_default()
 }
+
+pub fn is_socket(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK
+}
+
+/// `send(fd, data, MSG_DONTWAIT | MSG_NOSIGNAL)`: writes to a socket without waiting and
+/// without touching the flags of its open file description, which others share (a socket
+/// cannot be reopened through `/proc/self/fd`). A closed peer gives EPIPE, not SIGPIPE.
+pub fn send_nonblocking(fd: BorrowedFd<'_>, data: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: `data` is valid for reads of `data.len()` bytes for the whole call, and `fd`
+    // is an open descriptor for the whole call; send only reads from the buffer.
+    let n = unsafe {
+        nix::libc::send(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            nix::libc::MSG_DONTWAIT | nix::libc::MSG_NOSIGNAL,
+        )
+    };
+    Errno::result(n).map(|n| n.unsigned_abs())
+}
