@@ -951,10 +951,18 @@ Rewritten like MAKEFLAGS when jsrun serves a jobserver.
 Where jsrun creates the private directory of its fifo, when TMPDIR is absolute and holds
 no blanks; else /tmp.
 .TP
-.B JSRUN_LOADAVG_FILE
-A file in the format of /proc/loadavg that
-.B \-l
-reads instead of /proc/loadavg.
+.B JSRUN_PROC_DIR
+A directory whose
+.BR loadavg ,
+.B meminfo
+and
+.B pressure/memory
+jsrun reads instead of those in /proc for
+.BR \-l ,
+.B \-\-min\-memory\-avail
+and
+.BR \-\-max\-memory\-pressure ;
+no cgroup is read then. For tests, and to try the limits out.
 .SH DIAGNOSTICS
 .TP
 .B "jobserver unavailable: fd N is closed"

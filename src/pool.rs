@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::Config;
 use crate::client::{Client, OpenError};
+use crate::govern::Governor;
 use crate::jobs::{self, template::Template};
 use crate::makeflags::{self, Auth, MakeFlags};
 use crate::server::{self, Server, Style};
@@ -147,6 +148,14 @@ impl Pool {
         Ok(Pool::Own { server, client })
     }
 
+    /// The governor of a pool of jsrun's own (its first job runs in the implicit slot).
+    pub fn governor(&self) -> Option<Governor> {
+        match self {
+            Pool::Own { server, client } => Some(Governor::new(server.slots(), 1, client)),
+            _ => None,
+        }
+    }
+
     /// The connection jobs take their tokens from.
     pub fn client(&self) -> Option<&Client> {
         match self {
@@ -187,10 +196,14 @@ impl Pool {
     }
 
     /// The end of the run: an own pool counts its tokens (a warning when any are
-    /// missing or extra) and removes its fifo.
-    pub fn close(self) -> Option<String> {
+    /// missing or extra) and removes its fifo. `governed`: the tokens its governor held
+    /// back (present) and how many the pool should hold after resizing.
+    pub fn close(self, governed: Option<(usize, usize)>) -> Option<String> {
         match self {
-            Pool::Own { server, client } => server.count_tokens(&client),
+            Pool::Own { server, client } => {
+                let (held, expected) = governed.unwrap_or((0, server.slots() - 1));
+                server.count_tokens(&client, held, expected)
+            }
             _ => None,
         }
     }

@@ -178,6 +178,13 @@ impl Report {
         }
     }
 
+    /// A counter track of the trace (`slots in use`, `held back`) takes `value` now.
+    pub fn counter(&mut self, name: &str, value: usize) {
+        if let Some(trace) = &mut self.trace {
+            trace.counter(name, Instant::now(), value);
+        }
+    }
+
     /// Ends the trace file and the progress line.
     pub fn close(&mut self) {
         if let Some(trace) = self.trace.take()
@@ -188,6 +195,32 @@ impl Report {
         if self.progress.take().is_some() {
             crate::say::stderr(format_args!("\r\x1b[K"));
         }
+    }
+
+    /// The pool line of `--stats` for a pool of jsrun's own: how the whole tree used it.
+    pub fn print_pool(&self, slots: usize, view: &crate::govern::View) {
+        let wall = self.start.elapsed().as_secs_f64();
+        let share = |d: Duration| match wall > 0.0 {
+            true => 100.0 * d.as_secs_f64() / wall,
+            false => 0.0,
+        };
+        let mean = match wall > 0.0 {
+            true => view.busy.as_secs_f64() / wall,
+            false => 0.0,
+        };
+        let held = match view.held_peak {
+            0 => "nothing held back".to_owned(),
+            n => format!(
+                "held back up to {n} for {:.1}s",
+                view.held_time.as_secs_f64()
+            ),
+        };
+        crate::say!(
+            "jsrun: pool: {slots} slots, peak {} in use, mean {mean:.1}, all busy {:.0}% of \
+             {wall:.1}s, {held}",
+            view.peak,
+            share(view.all_busy),
+        );
     }
 
     /// The `--stats` summary: one line on stderr.
@@ -276,17 +309,33 @@ impl Trace {
                  \"args\":{{\"name\":\"slot {tid}\"}}}}"
             );
         }
-        let (origin, origin_us) = self.origin;
-        let ts = match from.checked_duration_since(origin) {
-            Some(after) => origin_us + after.as_micros(),
-            None => origin_us.saturating_sub(origin.duration_since(from).as_micros()),
-        };
+        let ts = self.ts(from);
         let _ = write!(
             self.out,
             ",\n{{\"name\":{},\"ph\":\"X\",\"pid\":{pid},\"tid\":{tid},\"ts\":{ts},\"dur\":{}{args}}}",
             json_string(name),
             length.as_micros(),
         );
+    }
+
+    /// A counter event: the track `name` has `value` from `at` on.
+    fn counter(&mut self, name: &str, at: Instant, value: usize) {
+        let ts = self.ts(at);
+        let _ = write!(
+            self.out,
+            ",\n{{\"name\":{name},\"ph\":\"C\",\"pid\":{},\"ts\":{ts},\"args\":{{{name}:{value}}}}}",
+            self.pid,
+            name = json_string(name),
+        );
+    }
+
+    /// µs of CLOCK_MONOTONIC at `at`.
+    fn ts(&self, at: Instant) -> u128 {
+        let (origin, origin_us) = self.origin;
+        match at.checked_duration_since(origin) {
+            Some(after) => origin_us + after.as_micros(),
+            None => origin_us.saturating_sub(origin.duration_since(at).as_micros()),
+        }
     }
 
     fn close(mut self) -> std::io::Result<()> {

@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 
 use crate::cli::{self, Config, Input};
 use crate::info;
-use crate::jobs::Job;
-use crate::jobs::source::{self, Next, Source};
-use crate::jobs::template::{Fill, Template};
+use crate::jobs::feed::{Feed, Next};
+use crate::jobs::source::{self, Source};
+use crate::jobs::template::Template;
 use crate::makeflags::MakeFlags;
 use crate::output::Output;
 use crate::pool::{Inherited, Pool};
@@ -54,14 +54,16 @@ fn execute(config: Config) -> Result<Status> {
         _ => None,
     };
     let (template, source, shell_lines) = jobs_of(&config)?;
+    let pool_args = template.clone();
+    let feed = Feed::new(template, source, shell_lines, config.not_found_hint.clone());
     if dry_run {
         sys::release_signals();
-        return print_jobs(&template, source, shell_lines);
+        return print_jobs(feed);
     }
     // The handled signals are blocked since the first instruction and read in the loop,
     // so an interrupt at any point still removes the fifo and gives every token back.
     let signals = Signals::new().context("cannot set up signal handling")?;
-    let (pool, cap) = Pool::new(&config, inherited, &template)?;
+    let (pool, cap) = Pool::new(&config, inherited, &pool_args)?;
     // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached.
     let slots = pool.slots(cap);
     let total = match &config.input {
@@ -77,29 +79,29 @@ fn execute(config: Config) -> Result<Status> {
     })?;
     let mut output = Output::new(config.output_sync, config.tag);
     let plan = Plan {
-        template,
-        source,
+        feed,
         cap,
         keep_going: config.keep_going,
-        load_average: config.limits.load,
+        limits: config.limits,
         verbose: config.verbose,
-        shell_lines,
-        not_found_hint: config.not_found_hint.clone(),
     };
     let outcome = supervise::run(plan, &pool, &signals, &mut report, &mut output);
-    // Counts an own pool's tokens and removes its fifo and directory.
-    if let Some(warning) = pool.close() {
+    let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
+    // Counts an own pool's tokens (held-back ones as present) and removes its fifo and
+    // directory.
+    if let Some(warning) = pool.close(governed.map(|g| (g.held, g.expected))) {
         crate::say!("jsrun: warning: {warning}");
     }
     report.close();
     let outcome = outcome?;
     if config.stats {
+        let slots = outcome.governed.as_ref().map_or(slots, |g| Some(g.slots));
         report.print_stats(slots);
+        if let Some(governed) = &outcome.governed {
+            report.print_pool(governed.slots, &governed.view);
+        }
     }
-    Ok(match outcome.interrupted {
-        Some(sig) => Status::Killed(sig),
-        None => outcome.status,
-    })
+    Ok(outcome.status)
 }
 
 /// The template and job source the command line describes; `true` for command lines run
@@ -130,23 +132,13 @@ fn jobs_of(config: &Config) -> Result<(Template, Source, bool)> {
 }
 
 /// `-n`: print each command, run nothing.
-fn print_jobs(template: &Template, mut source: Source, shell_lines: bool) -> Result<Status> {
+fn print_jobs(mut feed: Feed) -> Result<Status> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut seq = 0;
     loop {
-        match source.next_job() {
-            Next::Job(value) => {
-                seq += 1;
-                let fill = Fill {
-                    value: value.as_deref(),
-                    seq,
-                    slot: 1,
-                };
-                let job = Job::new(seq, 1, template.render(&fill), value, shell_lines);
-                writeln!(out, "{}", job.display())?;
-            }
+        match feed.next(1) {
+            Next::Job(job) => writeln!(out, "{}", job.display())?,
             // Nothing runs, so a blocking read is fine here.
-            Next::Wait => source.fill()?,
+            Next::Wait => feed.fill()?,
             Next::Done => {
                 out.flush()?;
                 return Ok(Status::SUCCESS);

@@ -117,11 +117,17 @@ impl Server {
         &self.auth
     }
 
+    /// The pool's size as created.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
     /// Counts the tokens left in the pool at the end: `Some(message)` when any are missing
     /// or extra. Reads without waiting, so a straggler holding the fifo cannot stall jsrun.
-    pub fn count_tokens(&self, client: &Client) -> Option<String> {
-        let found = drain(client.fd());
-        let want = self.slots.saturating_sub(1);
+    /// `held`: tokens kept out of the pool by its governor, present all the same; `want`:
+    /// the tokens the pool should hold (N-1, or as resized).
+    pub fn count_tokens(&self, client: &Client, held: usize, want: usize) -> Option<String> {
+        let found = drain(client.fd()) + held;
         let difference = match found.cmp(&want) {
             std::cmp::Ordering::Equal => return None,
             std::cmp::Ordering::Less => format!("{} missing", want - found),
@@ -342,9 +348,14 @@ mod tests {
             server.makeflags_words(),
             format!("-j4 --jobserver-auth=fifo:{}", path.display())
         );
-        assert_eq!(server.count_tokens(&client), None);
+        assert_eq!(server.count_tokens(&client, 0, server.slots() - 1), None);
         // Drained by the count: every token is now missing.
-        assert!(server.count_tokens(&client).unwrap().contains("3 missing"));
+        assert!(
+            server
+                .count_tokens(&client, 0, server.slots() - 1)
+                .unwrap()
+                .contains("3 missing")
+        );
         drop(server);
         assert!(!path.exists() && !dir.exists());
     }
@@ -402,7 +413,7 @@ mod tests {
                 let token = client.try_acquire().unwrap().expect("a token");
                 client.release(token).unwrap();
             }
-            assert_eq!(server.count_tokens(&client), None);
+            assert_eq!(server.count_tokens(&client, 0, server.slots() - 1), None);
         }
     }
 
@@ -414,7 +425,7 @@ mod tests {
             assert_eq!(client.available().unwrap(), slots - 1);
             let size = nix::fcntl::fcntl(client.fd(), FcntlArg::F_GETPIPE_SZ).unwrap();
             assert!(size as usize > default_pipe_size());
-            assert_eq!(server.count_tokens(&client), None);
+            assert_eq!(server.count_tokens(&client, 0, server.slots() - 1), None);
         }
     }
 
@@ -438,7 +449,7 @@ mod tests {
             format!("-j2 --jobserver-fds={read},{write} --jobserver-auth={read},{write}")
         );
         client.release(b'+').unwrap();
-        let warning = server.count_tokens(&client).unwrap();
+        let warning = server.count_tokens(&client, 0, server.slots() - 1).unwrap();
         assert!(warning.contains("1 extra"), "{warning}");
     }
 }

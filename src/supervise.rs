@@ -1,16 +1,14 @@
-//! The supervision loop: one `poll()` over the signalfd (child exits and SIGINT, SIGTERM,
-//! SIGHUP), the jobserver while a job waits for a token, the job source while it has no
-//! full line, the output pipes of running jobs, and jsrun's stdout or stderr while grouped
-//! output waits for it. Nothing sleeps, nothing spins, and no write blocks.
+//! The supervision loop: one `poll()` over the signalfd (child exits, SIGINT, SIGTERM,
+//! SIGHUP, SIGUSR1/2), the jobserver while a job waits for a token, the job list while it
+//! has no full line, the output pipes of running jobs, jsrun's stdout or stderr while
+//! grouped output waits for it, and, for a pool of jsrun's own, the pool's inotify watch.
+//! Nothing sleeps, nothing spins and no write blocks; a timeout is set only while a limit
+//! is to be looked at or held-back tokens go back.
 //!
-//! Slots: a job runs in jsrun's implicit slot (there is none under `--jobserver`) or on a
-//! token read for it. When the job ends its token is written back, the very byte read
-//! for it, or the implicit slot is marked free: nothing is ever written for it.
+//! Slots come from the [`Ledger`]; a job's [`Held`] slot goes back when the job is gone.
 
-use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -20,84 +18,88 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::jobs::source::{Next, Source};
-use crate::jobs::template::{Fill, Template};
+use crate::govern::{self, Governor, View};
+use crate::jobs::feed::{Feed, Next};
 use crate::jobs::{self, Job};
+use crate::limits::{self, Limits, Probe};
 use crate::output::{Capture, Gone, Output};
 use crate::pool::Pool;
 use crate::report::{Finished, Report};
+use crate::slots::{Held, Ledger, Take};
 use crate::spawn::Spawner;
 use crate::status::Status;
-use crate::sys::{self, Signals};
+use crate::sys::Signals;
+use crate::verdict::Verdict;
 
 /// What to run and how.
 pub struct Plan {
-    pub template: Template,
-    pub source: Source,
-    /// At most this many jobs at once.
+    pub feed: Feed,
+    /// At most this many jobs at once (changed by SIGUSR1/SIGUSR2 under another pool).
     pub cap: usize,
     pub keep_going: bool,
-    pub load_average: Option<f64>,
+    pub limits: Limits,
     pub verbose: bool,
-    /// Command lines run through `/bin/sh -c`: show the line itself.
-    pub shell_lines: bool,
-    /// Said after "command not found: WORD" for this word (see `Config`).
-    pub not_found_hint: Option<(OsString, String)>,
 }
 
 pub struct Outcome {
-    /// 0, or the status of the first job that failed.
     pub status: Status,
-    /// The signal that interrupted jsrun, if one did.
-    pub interrupted: Option<Signal>,
+    /// A pool of jsrun's own: how the tree used it.
+    pub governed: Option<Governed>,
 }
 
-/// What a job runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Implicit,
-    Token(u8),
+/// The end of a governed pool.
+pub struct Governed {
+    pub slots: usize,
+    pub view: View,
+    /// Tokens held back at the end: they count as present.
+    pub held: usize,
+    /// Tokens the pool should hold.
+    pub expected: usize,
 }
 
-struct Running {
+struct Running<'a> {
     pid: Pid,
     job: Job,
-    slot: Slot,
-    started: Instant,
-    started_at: SystemTime,
+    /// Given back when the job is gone, never before.
+    _slot: Held<'a, 'a>,
+    started: (Instant, SystemTime),
     capture: Option<Capture>,
 }
 
-/// How often the load average is looked at again while it holds a job back.
-const LOAD_RECHECK: Duration = Duration::from_secs(1);
+/// How often a limit is looked at while it is set.
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long jobs get to end after SIGTERM when the loop failed, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 struct Supervisor<'a> {
     plan: Plan,
     signals: &'a Signals,
+    ledger: &'a Ledger<'a>,
     pool: &'a Pool,
     report: &'a mut Report,
     output: &'a mut Output,
     spawner: Spawner,
-    running: Vec<Running>,
-    /// The implicit slot has a job.
-    implicit_busy: bool,
-    /// The jobserver failed (EOF, I/O error): read no more tokens from it.
-    jobserver_failed: bool,
+    running: Vec<Running<'a>>,
+    verdict: Verdict,
     /// The next job, rendered and resolved, waiting for a slot.
     pending: Option<Job>,
     /// Since when `pending` waits for a token.
     waiting_since: Option<Instant>,
-    seq: u64,
-    source_done: bool,
-    /// Start no new job: after a failure without -k, or an interrupt.
-    halt: bool,
-    interrupted: Option<Signal>,
-    first_failure: Option<Status>,
     /// A spawn failed for want of processes, fds or memory: wait for a job to end.
     short_of_resources: bool,
     shortage_reported: bool,
-    /// Resolution of a program name that no job can change, done once.
-    resolved: Option<(OsString, Result<PathBuf, Status>)>,
+    governor: Option<Governor>,
+    limiter: Option<Limiter>,
+}
+
+/// The limits and when to look at them next.
+struct Limiter {
+    limits: Limits,
+    probe: Probe,
+    next_check: Instant,
+    /// Why jobs are held back now.
+    exceeded: Option<limits::Exceeded>,
 }
 
 pub fn run(
@@ -107,69 +109,77 @@ pub fn run(
     report: &mut Report,
     output: &mut Output,
 ) -> Result<Outcome> {
-    let spawner = Spawner::new(plan.source.reads_stdin(), &pool.env())
+    let spawner = Spawner::new(plan.feed.reads_stdin(), &pool.env())
         .context("cannot prepare to start jobs")?;
+    let ledger = Ledger::new(pool.client(), pool.implicit() > 0);
+    let limiter = plan.limits.is_set().then(|| Limiter {
+        limits: plan.limits,
+        probe: Probe::from_env(),
+        next_check: Instant::now(),
+        exceeded: None,
+    });
     let mut sup = Supervisor {
+        verdict: Verdict::new(plan.keep_going),
         plan,
         signals,
+        ledger: &ledger,
         pool,
         report,
         output,
         spawner,
         running: Vec::new(),
-        implicit_busy: false,
-        jobserver_failed: false,
         pending: None,
         waiting_since: None,
-        seq: 0,
-        source_done: false,
-        halt: false,
-        interrupted: None,
-        first_failure: None,
         short_of_resources: false,
         shortage_reported: false,
-        resolved: None,
+        governor: pool.governor(),
+        limiter,
     };
     sup.run()?;
+    let now = Instant::now();
+    let governed = sup.governor.as_mut().map(|g| {
+        let slots = g.slots();
+        let (view, held, expected) = g.finish(now);
+        Governed {
+            slots,
+            view,
+            held: held.len(),
+            expected,
+        }
+    });
     Ok(Outcome {
-        status: sup.first_failure.unwrap_or(Status::SUCCESS),
-        interrupted: sup.interrupted,
+        status: sup.verdict.status(),
+        governed,
     })
 }
 
 impl Drop for Supervisor<'_> {
-    /// However the loop ends (an error, even a panic), every token still held goes back,
-    /// but only once its job is gone: written back for a job that still runs, a token
-    /// would let one more job start than the pool has slots.
+    /// However the loop ends (an error, even a panic), every slot still held goes back,
+    /// but only once its job is gone: given back for a job that still runs, a token would
+    /// let one more job start than the pool has slots.
     fn drop(&mut self) {
         self.stop_running();
-        for running in std::mem::take(&mut self.running) {
-            self.release(running.slot);
-        }
     }
 }
-
-/// How long jobs get to end after SIGTERM when the loop failed, before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What the loop waits for besides signals.
 #[derive(Default)]
 struct Wants {
     token: bool,
     source: bool,
-    timeout: Option<Duration>,
 }
 
-impl Supervisor<'_> {
+impl<'a> Supervisor<'a> {
     fn run(&mut self) -> Result<()> {
         // A signal that came before the first job (while the jobserver was set up or a
         // make was asked its version) stops it from starting.
         self.handle_signals()?;
         loop {
-            let wants = self.start_jobs()?;
+            self.govern(Instant::now());
+            let wants = self.start_jobs();
             if self.running.is_empty()
-                && (self.halt || (self.source_done && self.pending.is_none()))
-                && (self.output.is_empty() || self.interrupted.is_some())
+                && (self.verdict.halted() || (self.plan.feed.is_done() && self.pending.is_none()))
+                && (self.output.is_empty() || self.verdict.interrupted().is_some())
             {
                 break;
             }
@@ -180,188 +190,148 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// Starts jobs while slots, jobs and the load allow; says what to wait for next.
-    fn start_jobs(&mut self) -> Result<Wants> {
+    /// Looks at the limits when it is time, and lets the governor follow the pool.
+    fn govern(&mut self, now: Instant) {
+        if let Some(limiter) = &mut self.limiter
+            && now >= limiter.next_check
+        {
+            limiter.next_check = now + CHECK_INTERVAL;
+            let verdict = loop {
+                match limiter.probe.check(&limiter.limits) {
+                    limits::Verdict::Unavailable(u) => crate::say!("jsrun: warning: {u}"),
+                    verdict => break verdict,
+                }
+            };
+            let exceeded = match verdict {
+                limits::Verdict::Hold { reason } => Some(reason),
+                _ => None,
+            };
+            if self.plan.verbose && exceeded.is_some() != limiter.exceeded.is_some() {
+                match &exceeded {
+                    Some(reason) => crate::say!("jsrun: holding back: {reason}"),
+                    None => crate::say!("jsrun: limits met again: slots go back"),
+                }
+            }
+            limiter.exceeded = exceeded;
+            if let Some(governor) = &mut self.governor {
+                governor.hold(limiter.exceeded.is_some(), now);
+            }
+        }
+        let (Some(governor), Some(client)) = (&mut self.governor, self.pool.client()) else {
+            return;
+        };
+        let mut events = Vec::new();
+        governor.wake(client, self.ledger.implicit_busy(), now, &mut events);
+        for event in events {
+            match event {
+                govern::Event::Level { in_use, held } => {
+                    self.report.counter("slots in use", in_use);
+                    self.report.counter("held back", held);
+                }
+                govern::Event::Extra { tokens, at } => crate::say!(
+                    "jsrun: warning: at {:.1}s: {tokens} more token(s) in the pool than it can \
+                     hold; a job wrote a byte it never read",
+                    at.as_secs_f64()
+                ),
+                govern::Event::Resized { .. } => {}
+            }
+        }
+    }
+
+    /// Starts jobs while slots, jobs and limits allow; says what to wait for next.
+    fn start_jobs(&mut self) -> Wants {
         let mut wants = Wants::default();
-        while !self.halt
+        while !self.verdict.halted()
             && !self.short_of_resources
             && !self.output.backlogged()
             && self.running.len() < self.plan.cap
         {
             if self.pending.is_none() {
-                match self.plan.source.next_job() {
-                    Next::Job(value) => {
-                        if let Some(job) = self.prepare(value) {
-                            self.pending = Some(job);
+                match self.plan.feed.next(self.free_number()) {
+                    Next::Job(mut job) => {
+                        match self.plan.feed.resolve(&mut job) {
+                            Ok(()) => self.pending = Some(job),
+                            Err(status) => self.book(&job, None, status, None),
                         }
                         continue;
                     }
-                    Next::Wait => {
-                        wants.source = true;
-                        break;
-                    }
-                    Next::Done => {
-                        self.source_done = true;
-                        break;
-                    }
+                    Next::Wait => wants.source = true,
+                    Next::Done => {}
                 }
-            }
-            if !self.running.is_empty() && self.load_too_high() {
-                wants.timeout = Some(LOAD_RECHECK);
                 break;
             }
-            let Some(slot) = self.take_slot() else {
-                wants.token = self.pool.client().is_some() && !self.jobserver_failed;
+            // Under another pool a limit keeps jsrun's own jobs down to one; a pool of
+            // jsrun's own is held back by its governor instead.
+            let limited = self.limiter.as_ref().is_some_and(|l| l.exceeded.is_some());
+            if limited && self.governor.is_none() && !self.running.is_empty() {
                 break;
-            };
-            let mut job = self.pending.take().expect("a pending job");
-            // The slot number is the lowest free one now that the job starts: it may have
-            // waited for a token while other jobs ended.
-            let number = self.free_slot();
-            if number != job.slot {
-                job.slot = number;
-                if self.plan.template.uses_slot() {
-                    job.argv = self.plan.template.render(&Fill {
-                        value: job.value.as_deref(),
-                        seq: job.seq,
-                        slot: number,
-                    });
+            }
+            let tokens = self.governor.as_ref().is_none_or(Governor::may_take);
+            let ledger = self.ledger;
+            match ledger.take(tokens) {
+                Take::Got(slot) => {
+                    if slot.is_token() {
+                        self.report.token_acquired(self.waiting_since.take());
+                    }
+                    let mut job = self.pending.take().expect("a pending job");
+                    // The lowest number free now that the job starts: it may have waited
+                    // for a token while other jobs ended.
+                    self.plan.feed.renumber(&mut job, self.free_number());
+                    self.spawn(job, slot);
+                }
+                Take::Wait => {
+                    self.waiting_since.get_or_insert_with(Instant::now);
+                    wants.token = tokens;
+                    break;
+                }
+                Take::Never(error) => {
+                    self.jobserver_failed(error);
+                    break;
                 }
             }
-            self.spawn(job, slot);
         }
-        Ok(wants)
+        wants
     }
 
-    /// Numbers the next job, renders its command and resolves its program. `None` when
-    /// it cannot run (reported and counted as failed) or is only printed.
-    fn prepare(&mut self, value: Option<Vec<u8>>) -> Option<Job> {
-        self.seq += 1;
-        let slot = self.free_slot();
-        let fill = Fill {
-            value: value.as_deref(),
-            seq: self.seq,
-            slot,
+    /// The jobserver gave EOF or an error: going on with the slots held, or, with no
+    /// slot at all, nothing can run.
+    fn jobserver_failed(&mut self, error: Option<io::Error>) {
+        let (Some(e), Some(client)) = (error, self.pool.client()) else {
+            return;
         };
-        let argv = self.plan.template.render(&fill);
-        let mut job = Job::new(self.seq, slot, argv, value, self.plan.shell_lines);
-        match self.resolve(&job.argv[0]) {
-            Ok(program) => {
-                job.program = program;
-                Some(job)
-            }
-            Err(status) => {
-                self.finish(&job, None, status, None);
-                None
-            }
+        if !self.ledger.has_implicit() && self.running.is_empty() {
+            crate::say!(
+                "jsrun: error: jobserver {} failed ({e}) before any job could start",
+                client.auth()
+            );
+            self.verdict.stop(Status::USAGE);
+            self.pending = None;
+        } else {
+            crate::say!(
+                "jsrun: warning: jobserver {} failed ({e}); going on with the slots held",
+                client.auth()
+            );
         }
     }
 
     /// The lowest slot number no running job has (`{%}`, 1..N).
-    fn free_slot(&self) -> usize {
+    fn free_number(&self) -> usize {
         (1..)
-            .find(|s| self.running.iter().all(|r| r.job.slot != *s))
+            .find(|n| self.running.iter().all(|r| r.job.slot != *n))
             .unwrap_or(1)
     }
 
-    /// Finds the program before any token is taken for it: 127 not found, 126 not
-    /// executable.
-    fn resolve(&mut self, name: &OsStr) -> Result<PathBuf, Status> {
-        if let Some((cached, result)) = &self.resolved
-            && cached == name
-        {
-            return result.clone();
-        }
-        let result = jobs::resolve(name);
-        if self.plan.template.constant_program().is_some() {
-            self.resolved = Some((name.to_owned(), result.clone()));
-        }
-        if let Err(status) = result {
-            let (what, hint) = if status == Status::NOT_FOUND {
-                // `-O line` runs `line`, as in make: suggest `-Oline`.
-                let hint = match &self.plan.not_found_hint {
-                    Some((word, hint)) if word == name => hint.clone(),
-                    _ => String::new(),
-                };
-                ("command not found", hint)
-            } else {
-                ("command not executable", String::new())
-            };
-            crate::say!("jsrun: {what}: {}{hint}", name.to_string_lossy());
-        }
-        result
-    }
-
-    fn load_too_high(&self) -> bool {
-        let Some(limit) = self.plan.load_average else {
-            return false;
-        };
-        sys::load_average().is_ok_and(|load| load >= limit)
-    }
-
-    /// A slot for one more job: the implicit slot when free, else a token read now.
-    fn take_slot(&mut self) -> Option<Slot> {
-        if self.pool.implicit() > 0 && !self.implicit_busy {
-            self.implicit_busy = true;
-            return Some(Slot::Implicit);
-        }
-        let client = self.pool.client().filter(|_| !self.jobserver_failed)?;
-        match client.try_acquire() {
-            Ok(Some(token)) => {
-                self.report.token_acquired(self.waiting_since.take());
-                Some(Slot::Token(token))
-            }
-            Ok(None) => {
-                self.waiting_since.get_or_insert_with(Instant::now);
-                None
-            }
-            Err(e) => {
-                self.jobserver_failed = true;
-                if self.pool.implicit() == 0 && self.running.is_empty() {
-                    // No slot will ever come: nothing can run.
-                    crate::say!(
-                        "jsrun: error: jobserver {} failed ({e}) before any job could start",
-                        client.auth()
-                    );
-                    self.halt = true;
-                    self.first_failure.get_or_insert(Status::USAGE);
-                } else {
-                    crate::say!(
-                        "jsrun: warning: jobserver {} failed ({e}); going on with the slots held",
-                        client.auth()
-                    );
-                }
-                None
-            }
-        }
-    }
-
-    /// Frees a job's slot: its token goes back, the implicit slot is marked free.
-    fn release(&mut self, slot: Slot) {
-        match slot {
-            Slot::Implicit => self.implicit_busy = false,
-            Slot::Token(token) => {
-                if let Some(client) = self.pool.client()
-                    && let Err(e) = client.release(token)
-                {
-                    crate::say!("jsrun: warning: cannot give a token back to the jobserver: {e}");
-                }
-            }
-        }
-    }
-
-    fn spawn(&mut self, job: Job, slot: Slot) {
+    fn spawn(&mut self, job: Job, slot: Held<'a, 'a>) {
         match self.try_spawn(&job) {
-            Ok((pid, capture, started, started_at)) => {
+            Ok((pid, capture, started)) => {
                 if self.plan.verbose {
                     crate::say!("jsrun: [{}] {}", job.slot, job.display());
                 }
                 self.running.push(Running {
                     pid,
                     job,
-                    slot,
+                    _slot: slot,
                     started,
-                    started_at,
                     capture,
                 });
                 self.report.started(self.running.len());
@@ -374,96 +344,82 @@ impl Supervisor<'_> {
                         "jsrun: warning: cannot start a job now ({e}); waiting for running jobs to end"
                     );
                 }
-                self.release(slot);
+                drop(slot);
                 self.short_of_resources = true;
                 self.pending = Some(job);
             }
             Err(e) => {
-                self.release(slot);
+                drop(slot);
                 let status = jobs::spawn_error_status(&e);
                 crate::say!("jsrun: cannot run {}: {e}", job.argv[0].to_string_lossy());
-                self.finish(&job, None, status, None);
+                self.book(&job, None, status, None);
             }
         }
     }
 
     /// Output pipes (when grouped) and the process.
-    fn try_spawn(&mut self, job: &Job) -> io::Result<(Pid, Option<Capture>, Instant, SystemTime)> {
+    fn try_spawn(
+        &mut self,
+        job: &Job,
+    ) -> io::Result<(Pid, Option<Capture>, (Instant, SystemTime))> {
         let (capture, pipes) = match self.output.prepare()? {
             Some((capture, pipes)) => (Some(capture), Some(pipes)),
             None => (None, None),
         };
-        let started_at = SystemTime::now();
-        let started = Instant::now();
+        let started = (Instant::now(), SystemTime::now());
         let pid =
             self.spawner
                 .spawn(&job.program, &job.argv, pipes.as_ref().map(|[o, e]| [o, e]))?;
         // `pipes` ends here: the child has its own copies, and ours would keep the
         // pipes from ever ending.
-        Ok((pid, capture, started, started_at))
+        Ok((pid, capture, started))
     }
 
     fn wait(&mut self, wants: &Wants) -> Result<()> {
-        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-        let token_fd = match (self.pool.client(), wants.token) {
-            (Some(client), true) => Some(client.fd()),
-            _ => None,
-        };
-        let source_fd = match wants.source {
-            true => self.plan.source.fd(),
-            false => None,
-        };
-        for fd in [token_fd, source_fd].into_iter().flatten() {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        // Grouped output waiting for jsrun's stdout or stderr to take it.
-        let sink_fd = self.output.waiting_for();
-        if let Some(fd) = sink_fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
-        }
-        let first_output = fds.len();
-        let output_fds: Vec<(usize, BorrowedFd<'_>)> = match self.output.backlogged() {
-            // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
-            true => Vec::new(),
-            false => self
-                .running
-                .iter()
-                .enumerate()
-                .flat_map(|(i, r)| {
-                    r.capture
-                        .iter()
-                        .flat_map(move |c| c.pipes().map(move |p| (i, p.as_fd())))
-                })
-                .collect(),
-        };
-        fds.extend(
-            output_fds
-                .iter()
-                .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
+        let client = self.pool.client();
+        let governor = self.governor.as_ref();
+        let mut set = PollSet::default();
+        set.add(Some(self.signals.fd()), PollFlags::POLLIN);
+        set.add(
+            client.filter(|_| wants.token).map(|c| c.fd()),
+            PollFlags::POLLIN,
         );
-        let timeout = match wants.timeout {
-            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
-            None => PollTimeout::NONE,
-        };
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(e).context("poll failed"),
+        let source = set.add(
+            self.plan.feed.fd().filter(|_| wants.source),
+            PollFlags::POLLIN,
+        );
+        let sink = set.add(self.output.waiting_for(), PollFlags::POLLOUT);
+        set.add(governor.and_then(Governor::watch_fd), PollFlags::POLLIN);
+        let holding = governor.is_some_and(Governor::wants_tokens);
+        set.add(
+            client.filter(|_| holding).map(|c| c.fd()),
+            PollFlags::POLLIN,
+        );
+        // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
+        let mut outputs = Vec::new();
+        if !self.output.backlogged() {
+            for (i, running) in self.running.iter().enumerate() {
+                for pipe in running.capture.iter().flat_map(Capture::pipes) {
+                    outputs.push((i, set.add(Some(pipe.as_fd()), PollFlags::POLLIN)));
+                }
+            }
         }
-        let source_ready = source_fd.is_some()
-            && fds[1 + usize::from(token_fd.is_some())]
-                .revents()
-                .is_some_and(|r| !r.is_empty());
-        let sink_ready = sink_fd.is_some()
-            && fds[first_output - 1]
-                .revents()
-                .is_some_and(|r| !r.is_empty());
-        let ready_outputs: Vec<usize> = fds[first_output..]
+        let deadline = [
+            self.limiter.as_ref().map(|l| l.next_check),
+            governor.and_then(Governor::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        set.poll(deadline)?;
+        let source_ready = set.ready(source);
+        let sink_ready = set.ready(sink);
+        let ready_outputs: Vec<usize> = outputs
             .iter()
-            .zip(&output_fds)
-            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(_, (i, _))| *i)
+            .filter(|(_, at)| set.ready(*at))
+            .map(|(i, _)| *i)
             .collect();
-        drop(fds);
+        drop(set);
         if sink_ready {
             self.output.flush();
         }
@@ -473,21 +429,24 @@ impl Supervisor<'_> {
                 self.output.drain(capture, &running.job);
             }
         }
-        if source_ready && let Err(e) = self.plan.source.fill() {
-            // The message names the input (and the line of one too long); the source
-            // hands out no more lines.
+        if source_ready && let Err(e) = self.plan.feed.fill() {
+            // The message names the input (and the line of one too long); no new job
+            // starts, running jobs finish.
             crate::say!("jsrun: error: {e}");
-            self.source_done = true;
-            self.first_failure.get_or_insert(Status::USAGE);
+            self.plan.feed.close();
+            self.verdict.stop(Status::USAGE);
+            self.pending = None;
         }
         self.handle_signals()
     }
 
-    /// Acts on every signal that has come: child exits, interrupts.
+    /// Acts on every signal that has come: child exits, interrupts, resizing.
     fn handle_signals(&mut self) -> Result<()> {
         while let Some(sig) = self.signals.next()? {
             match sig {
                 Signal::SIGCHLD => self.reap(),
+                Signal::SIGUSR1 => self.resize(true),
+                Signal::SIGUSR2 => self.resize(false),
                 sig => self.interrupt(sig),
             }
         }
@@ -495,9 +454,36 @@ impl Supervisor<'_> {
         Ok(())
     }
 
+    /// SIGUSR1: one slot more; SIGUSR2: one fewer, down to 1. A pool of jsrun's own
+    /// changes size; under another pool jsrun's own cap changes.
+    fn resize(&mut self, grow: bool) {
+        let slots = match (&mut self.governor, self.pool.client()) {
+            (Some(governor), Some(client)) => match governor.resize(grow, client) {
+                Some(govern::Event::Resized { slots }) => slots,
+                _ => governor.slots(),
+            },
+            // jsrun's own cap; from "no cap", one fewer than the jobs running now.
+            _ => {
+                let cap = &mut self.plan.cap;
+                *cap = match grow {
+                    true => cap.saturating_add(1),
+                    false => (*cap).min(self.running.len()).saturating_sub(1).max(1),
+                };
+                *cap
+            }
+        };
+        if self.plan.verbose {
+            let sig = if grow { "SIGUSR1" } else { "SIGUSR2" };
+            crate::say!(
+                "jsrun: {sig}: {slots} slot{}",
+                if slots == 1 { "" } else { "s" }
+            );
+        }
+    }
+
     /// Ends the jobs still running when the loop cannot go on: SIGTERM, up to
     /// [`STOP_GRACE`] for them to end, then SIGKILL; every one is reaped and its slot
-    /// freed.
+    /// given back.
     fn stop_running(&mut self) {
         if self.running.is_empty() {
             return;
@@ -517,17 +503,12 @@ impl Supervisor<'_> {
             }
             // After SIGKILL the wait is short and sure: block in waitpid.
             let flags = (sig == Signal::SIGTERM).then_some(WaitPidFlag::WNOHANG);
-            let mut i = 0;
-            while i < self.running.len() {
-                match nix::sys::wait::waitpid(self.running[i].pid, flags) {
-                    Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => i += 1,
-                    // Ended (or not ours any more): its slot is free.
-                    _ => {
-                        let done = self.running.swap_remove(i);
-                        self.release(done.slot);
-                    }
-                }
-            }
+            self.running.retain(|r| {
+                matches!(
+                    nix::sys::wait::waitpid(r.pid, flags),
+                    Ok(WaitStatus::StillAlive) | Err(Errno::EINTR)
+                )
+            });
             if !self.running.is_empty() && sig == Signal::SIGTERM {
                 // Woken by SIGCHLD (or the deadline); what the signalfd holds is read
                 // only to clear it.
@@ -545,20 +526,18 @@ impl Supervisor<'_> {
     /// 141 (a failed write: 125). Output lost on its way out counts as a failed job.
     fn check_output(&mut self) {
         if let Some(gone) = self.output.take_gone() {
-            self.halt = true;
             self.pending = None;
             for running in &mut self.running {
                 running.capture = None;
             }
-            self.first_failure.get_or_insert(match gone {
+            self.verdict.stop(match gone {
                 Gone::BrokenPipe => Status::BROKEN_PIPE,
                 Gone::Failed => Status::USAGE,
             });
         }
         if self.output.take_lost() > 0 {
-            self.first_failure.get_or_insert(Status::USAGE);
-            if !self.plan.keep_going {
-                self.halt = true;
+            self.verdict.job(Status::USAGE);
+            if self.verdict.halted() {
                 self.pending = None;
             }
         }
@@ -582,13 +561,20 @@ impl Supervisor<'_> {
             let Some(i) = self.running.iter().position(|r| r.pid == pid) else {
                 continue;
             };
-            let mut done = self.running.swap_remove(i);
-            self.release(done.slot);
+            let Running {
+                job,
+                _slot: slot,
+                started,
+                capture,
+                ..
+            } = self.running.swap_remove(i);
+            // The slot first: its job is gone.
+            drop(slot);
             self.short_of_resources = false;
             // Output that could not be kept (said already) fails a job that succeeded: 125,
             // an error of jsrun's own.
-            if let Some(capture) = done.capture.take()
-                && !self.output.finish(capture, &done.job)
+            if let Some(capture) = capture
+                && !self.output.finish(capture, &job)
                 && status.success()
             {
                 status = Status::USAGE;
@@ -597,50 +583,78 @@ impl Supervisor<'_> {
                 WaitStatus::Signaled(_, sig, _) => Some(sig),
                 _ => None,
             };
-            self.finish(
-                &done.job,
-                Some((done.started, done.started_at)),
-                status,
-                signal,
-            );
+            self.book(&job, Some(started), status, signal);
         }
     }
 
-    /// Books a job that ended, or never started (`times` is `None`).
-    fn finish(
+    /// Books a job that ended, or never started (`started` is `None`).
+    fn book(
         &mut self,
         job: &Job,
-        times: Option<(Instant, SystemTime)>,
+        started: Option<(Instant, SystemTime)>,
         status: Status,
         signal: Option<Signal>,
     ) {
         let ended = (Instant::now(), SystemTime::now());
         let done = Finished {
             job,
-            started: times.unwrap_or(ended),
+            started: started.unwrap_or(ended),
             ended,
             status,
             signal,
         };
         self.report.finished(&done, self.running.len());
-        if !status.success() {
-            self.first_failure.get_or_insert(status);
-            if !self.plan.keep_going {
-                self.halt = true;
-                self.pending = None;
-            }
+        self.verdict.job(status);
+        if self.verdict.halted() {
+            self.pending = None;
         }
     }
 
     /// SIGINT, SIGTERM, SIGHUP: pass it on to every running job, start nothing new, and
     /// let the loop wait for the jobs to end.
     fn interrupt(&mut self, sig: Signal) {
-        self.interrupted = Some(sig);
-        self.halt = true;
+        self.verdict.interrupt(sig);
         self.pending = None;
         for r in &self.running {
             let _ = nix::sys::signal::kill(r.pid, sig);
         }
+    }
+}
+
+/// The descriptors of one `poll()`, each entry found again by the index `add` gave.
+#[derive(Default)]
+struct PollSet<'f> {
+    fds: Vec<PollFd<'f>>,
+}
+
+impl<'f> PollSet<'f> {
+    /// Adds `fd` when there is one; its index, to ask [`PollSet::ready`] after the poll.
+    fn add(&mut self, fd: Option<BorrowedFd<'f>>, events: PollFlags) -> Option<usize> {
+        let fd = fd?;
+        self.fds.push(PollFd::new(fd, events));
+        Some(self.fds.len() - 1)
+    }
+
+    /// Waits until an entry is ready, a signal comes, or `deadline`.
+    fn poll(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let timeout = match deadline {
+            Some(at) => {
+                // Rounded up: a wake-up a little early would find nothing due and poll again.
+                let left =
+                    at.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        match nix::poll::poll(&mut self.fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(e).context("poll failed"),
+        }
+    }
+
+    fn ready(&self, at: Option<usize>) -> bool {
+        at.and_then(|i| self.fds[i].revents())
+            .is_some_and(|r| !r.is_empty())
     }
 }
 

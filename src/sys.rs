@@ -105,11 +105,14 @@ pub fn set_inheritable(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The signals the supervision loop handles, as bytes on a signalfd instead of handlers.
-pub const HANDLED: [Signal; 4] = [
+pub const HANDLED: [Signal; 6] = [
     Signal::SIGCHLD,
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
+    // One slot more, one slot fewer (GNU xargs -P's signals).
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 
 /// [`HANDLED`] as a set.
@@ -184,19 +187,6 @@ pub fn die_of(sig: Signal) -> ! {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None);
     // Only reached for a signal whose default action is not to terminate.
     std::process::exit(128 + sig as i32)
-}
-
-/// The 1-minute load average. `JSRUN_LOADAVG_FILE` names another file in `/proc/loadavg`
-/// format, which lets tests control the figure.
-pub fn load_average() -> io::Result<f64> {
-    let path = std::env::var_os("JSRUN_LOADAVG_FILE").unwrap_or_else(|| "/proc/loadavg".into());
-    let text = std::fs::read_to_string(&path)?;
-    text.split_whitespace()
-        .next()
-        .and_then(|w| w.parse().ok())
-        .ok_or_else(|| {
-            io::Error::other(format!("no load figure in {}", Path::new(&path).display()))
-        })
 }
 
 /// Time on CLOCK_MONOTONIC, the clock every process on the machine shares (Rust's

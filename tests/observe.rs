@@ -388,15 +388,18 @@ fn set_load(path: &Path, load: &str) {
     fs::rename(&partial, path).expect("rename load file");
 }
 
-/// `-l 2 -j4` with `JSRUN_LOADAVG_FILE` saying 5.00: jobs s1, s2, s3 (300 ms
-/// each) run one at a time. Once s3 has started the test sets the load to
-/// 0.50; jsrun looks again (about once a second) and runs the rest in
-/// parallel: p1..p4 wait for each other in fours, which they can only pass
-/// when all four run at once.
+/// `-l 2 -j4` with `JSRUN_PROC_DIR`'s loadavg saying 5.00: jsrun's pool holds
+/// its tokens back, so jobs s1, s2, s3 (300 ms each) run one at a time, in
+/// the implicit slot. Once s3 has started the test sets the load to 0.50;
+/// jsrun looks again (a few times a second), gives the tokens back and runs
+/// the rest in parallel: p1..p4 wait for each other in fours, which they can
+/// only pass when all four run at once.
 #[test]
 fn load_limit_follows_the_load_figure() {
     let sandbox = Sandbox::new();
-    let loadavg = sandbox.join("loadavg");
+    let proc_dir = sandbox.join("proc");
+    fs::create_dir(&proc_dir).unwrap();
+    let loadavg = proc_dir.join("loadavg");
     set_load(&loadavg, "5.00");
     let log = sandbox.log();
     let probe = shell_words(&[path_str(&util::probe_bin())]);
@@ -411,7 +414,7 @@ fn load_limit_follows_the_load_figure() {
     );
     let mut running = sandbox
         .jsrun()
-        .env("JSRUN_LOADAVG_FILE", &loadavg)
+        .env("JSRUN_PROC_DIR", &proc_dir)
         .args(["-l", "2", "-j4", "sh", "-c", &script, "sh", ":::"])
         .args(["s1", "s2", "s3", "p1", "p2", "p3", "p4"])
         .spawn();

@@ -28,10 +28,10 @@ fn grouped_by_line(sandbox: &Sandbox, options: &[&str]) -> util::Output {
     );
     let mut running = sandbox
         .jsrun()
-        .env(
-            "JSRUN_LOADAVG_FILE",
-            sandbox.write("loadavg", "0.00 0.00 0.00 1/1 1\n"),
-        )
+        .env("JSRUN_PROC_DIR", {
+            sandbox.write("loadavg", "0.00 0.00 0.00 1/1 1\n");
+            sandbox.path()
+        })
         .args(options)
         .args(["-j2", "sh", "-c", &script, "sh", ":::", "1", "2"])
         .spawn();
@@ -378,7 +378,7 @@ fn man_page_has_the_sections_of_a_unix_manual() {
         );
     }
     let environment = plain(&section("ENVIRONMENT").join("\n"));
-    for variable in ["MAKEFLAGS", "TMPDIR", "JSRUN_LOADAVG_FILE"] {
+    for variable in ["MAKEFLAGS", "TMPDIR", "JSRUN_PROC_DIR"] {
         assert!(
             environment.contains(&format!(".B {variable}")),
             "{variable}\n{environment}"

@@ -105,25 +105,21 @@ impl Feed {
     pub fn resolve(&mut self, job: &mut Job) -> Result<(), Status> {
         let name = job.argv[0].as_os_str();
         let result = match &self.resolved {
+            // Said once already.
             Some((cached, result)) if cached == name => result.clone(),
             _ => {
                 let result = resolve(name);
                 if self.template.constant_program().is_some() {
                     self.resolved = Some((name.to_owned(), result.clone()));
                 }
+                if let Err(status) = result {
+                    self.say_unresolved(name, status);
+                }
                 result
             }
         };
-        match result {
-            Ok(program) => {
-                job.program = program;
-                Ok(())
-            }
-            Err(status) => {
-                self.say_unresolved(name, status);
-                Err(status)
-            }
-        }
+        job.program = result?;
+        Ok(())
     }
 
     fn say_unresolved(&self, name: &OsStr, status: Status) {
