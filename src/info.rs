@@ -10,6 +10,7 @@ use crate::makeflags::{Auth, MakeFlags};
 use crate::pool;
 use crate::say;
 use crate::status::Status;
+use crate::sys;
 
 /// How many tokens `--info` takes from a character device with no -jN beside it before it
 /// calls the device unbounded: more than any real pool lends at once.
@@ -79,6 +80,15 @@ fn describe_jobserver(config: &Config, out: &mut String) -> Status {
                     None => "nothing bounds jsrun's jobs but -jN".into(),
                 };
                 put!("warning: {auth} looks unbounded: it never runs out of tokens; {bound}");
+            }
+            // Who else has it open: the pool's make, its clients, a stuck straggler.
+            if let Ok(stat) = nix::sys::stat::fstat(client.fd()) {
+                let me = std::process::id();
+                for holder in sys::holders((stat.st_dev, stat.st_ino)) {
+                    if holder.pid != me {
+                        put!("holder: {} {}", holder.pid, holder.command);
+                    }
+                }
             }
             Status::SUCCESS
         }

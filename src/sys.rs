@@ -217,3 +217,54 @@ pub fn send_nonblocking(fd: BorrowedFd<'_>, data: &[u8]) -> Result<usize, Errno>
     };
     Errno::result(n).map(|n| n.unsigned_abs())
 }
+
+/// A process that has a file open.
+pub struct Holder {
+    pub pid: u32,
+    /// Its command line, words joined by blanks (its name in brackets if it has none).
+    pub command: String,
+}
+
+/// The processes that have the file `(st_dev, st_ino)` open, by their `/proc/PID/fd`
+/// links: all of them for root, else those of the same user (the kernel hides the
+/// descriptors of others). jsrun itself included.
+pub fn holders(file: (u64, u64)) -> Vec<Holder> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<Holder> = procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| holds(*pid, file))
+        .map(|pid| Holder {
+            pid,
+            command: command_of(pid),
+        })
+        .collect();
+    found.sort_by_key(|h| h.pid);
+    found
+}
+
+/// Whether process `pid` has `file` open.
+fn holds(pid: u32, file: (u64, u64)) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .any(|fd| nix::sys::stat::stat(&fd.path()).is_ok_and(|s| (s.st_dev, s.st_ino) == file))
+}
+
+fn command_of(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    match words.is_empty() {
+        false => words.join(" "),
+        true => {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("[{}]", comm.trim())
+        }
+    }
+}

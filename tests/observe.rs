@@ -814,6 +814,24 @@ fn info_in_a_make43_plus_recipe_finds_a_usable_pipe() {
     assert_eq!(info(&output.stdout, "style"), Some("pipe"), "{report}");
     assert_eq!(info(&output.stdout, "usable"), Some("yes"), "{report}");
     assert_eq!(info(&output.stdout, "free tokens"), Some("3"), "{report}");
+    assert_make_holds_it(&output, &make43());
+}
+
+/// `--info` names the processes that hold the jobserver open: make among them.
+#[track_caller]
+fn assert_make_holds_it(output: &Output, make: &Path) {
+    let want = format!("{} -j4", path_str(make));
+    assert!(
+        output
+            .stdout
+            .lines()
+            .filter_map(|line| line.strip_prefix("holder: "))
+            .any(|holder| holder
+                .split_once(' ')
+                .is_some_and(|(pid, command)| { pid.parse::<u32>().is_ok() && command == want })),
+        "no 'holder: PID {want}'\n{}",
+        output.report()
+    );
 }
 
 #[test]
@@ -839,6 +857,7 @@ fn info_under_make44_finds_a_usable_fifo_and_its_free_tokens() {
         info(&output.stdout, "auth").is_some_and(|auth| auth.starts_with("fifo:")),
         "{report}"
     );
+    assert_make_holds_it(&output, &make44());
 }
 
 /// No jobserver anywhere: `--info` exits 1 (one job at a time), but with
