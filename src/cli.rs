@@ -74,6 +74,12 @@ pub struct Cli {
     #[arg(long, value_name = "PCT", value_parser = limits::parse_percent)]
     pub max_memory_pressure: Option<f64>,
 
+    /// Every job needs K slots of the pool (the implicit slot counts as one) and holds them
+    /// until it ends, e.g. `+jsrun --weight=4 -- ld ...` for a link step. K beyond the
+    /// pool's size is capped, with a warning.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub weight: Option<u32>,
+
     /// After a failure, keep starting the remaining jobs (default: start no new job, let
     /// running ones finish).
     #[arg(short = 'k', long)]
@@ -176,6 +182,8 @@ pub struct Config {
     pub jobs: Option<usize>,
     /// `-l`, `--min-memory-avail`, `--max-memory-pressure`.
     pub limits: Limits,
+    /// `--weight`: slots per job, 1 when not given.
+    pub weight: usize,
     pub keep_going: bool,
     pub jobserver_style: Option<Style>,
     pub jobserver_group: Option<nix::unistd::Gid>,
@@ -424,6 +432,10 @@ fn bad_value(arg: &clap::Arg, value: &str) -> String {
             "invalid -l value '{value}': not a load average above 0; use -l LOAD (e.g. -l 4 \
              or -l 2.5)"
         ),
+        "weight" => format!(
+            "invalid --weight '{value}': not a number of slots of 1 or more; use --weight=K \
+             (e.g. --weight=4)"
+        ),
         "min_memory_avail" => limits::parse_size(value).err().unwrap_or_default(),
         "max_memory_pressure" => limits::parse_percent(value).err().unwrap_or_default(),
         "output_sync" => format!(
@@ -510,6 +522,7 @@ impl TryFrom<Cli> for Config {
         };
         Ok(Config {
             jobs,
+            weight: cli.weight.map_or(1, |k| k as usize),
             limits: Limits {
                 load: cli.load_average,
                 min_memory_avail: cli.min_memory_avail,

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use crate::makeflags::Auth;
 use crate::sys;
@@ -142,6 +142,18 @@ impl Client {
     /// The descriptor that becomes readable when a token may be free.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.read.as_fd()
+    }
+
+    /// The advisory lock on the jobserver that jsruns gathering several slots for one job
+    /// take in turn, so that two never each hold part of a set the other needs. `None`
+    /// when another process has it now. Never blocks.
+    pub fn try_lock(&self) -> io::Result<Option<Flock<OwnedFd>>> {
+        // A descriptor of our own description: locks belong to descriptions.
+        match Flock::lock(self.read.try_clone()?, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e.into()),
+        }
     }
 
     /// Tokens free in the pool right now.

@@ -186,6 +186,17 @@ impl Pool {
         }
     }
 
+    /// The whole pool's size, when jsrun knows it: its own N, or the `-jN` advertised
+    /// beside the jobserver in the environment.
+    pub fn size(&self) -> Option<usize> {
+        match self {
+            Pool::Own { server, .. } => Some(server.slots()),
+            Pool::Inherited(_) => find_in_env().and_then(|found| found.advertised),
+            Pool::Alone => Some(1),
+            Pool::Given(_) => None,
+        }
+    }
+
     /// The pool's size when jsrun knows it: its own, or the `-jN` of the outer make.
     pub fn slots(&self, cap: usize) -> Option<usize> {
         match (cap, self) {

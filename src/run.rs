@@ -78,9 +78,22 @@ fn execute(config: Config) -> Result<Status> {
         total,
     })?;
     let mut output = Output::new(config.output_sync, config.tag);
+    // A job cannot need more slots than the pool has: it would wait for ever.
+    let pool_size = pool.size().or(config.jobs);
+    let weight = match pool_size {
+        Some(n) if config.weight > n => {
+            crate::say!(
+                "jsrun: warning: --weight={} is more than the pool's {n} slots; each job takes {n}",
+                config.weight
+            );
+            n
+        }
+        _ => config.weight,
+    };
     let plan = Plan {
         feed,
         cap,
+        weight,
         keep_going: config.keep_going,
         limits: config.limits,
         verbose: config.verbose,

@@ -8,6 +8,10 @@
 
 use std::cell::Cell;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::Flock;
 
 use crate::client::Client;
 
@@ -87,6 +91,89 @@ impl<'p> Ledger<'p> {
     /// jsrun's implicit slot is in use.
     pub fn implicit_busy(&self) -> bool {
         self.has_implicit && !self.implicit_free.get()
+    }
+}
+
+/// A heavy job's slots, gathered one by one (`--weight=K`). Beyond the first slot, which
+/// every client takes the same way, the set is gathered under the jobserver's advisory
+/// lock, so that of several jsruns only one holds part of a set; and when no token came
+/// back for [`HEAVY_WAIT`] (the slots it lacks are held by jobs that are themselves
+/// waiting), the job runs with what it has rather than wait for ever.
+pub struct Gather<'l, 'p> {
+    want: usize,
+    held: Vec<Held<'l, 'p>>,
+    lock: Option<Flock<OwnedFd>>,
+    /// When the last slot came (or the lock was taken).
+    progress: Instant,
+}
+
+/// How long a heavy job waits with part of its set while no token comes back.
+pub const HEAVY_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a heavy job tries again for the lock another jsrun holds.
+pub const LOCK_RETRY: Duration = Duration::from_millis(100);
+
+/// What gathering came to.
+pub enum Gathered<'l, 'p> {
+    /// The whole set.
+    All(Vec<Held<'l, 'p>>),
+    /// Part of it, after [`HEAVY_WAIT`] without a token.
+    Part(Vec<Held<'l, 'p>>),
+    /// Wait for a token (`true`) or until `Instant`, then gather again.
+    Wait(bool, Option<Instant>),
+    /// No slot will come (see [`Take::Never`]).
+    Never(Option<io::Error>),
+}
+
+impl<'l, 'p> Gather<'l, 'p> {
+    pub fn new(want: usize) -> Gather<'l, 'p> {
+        Gather {
+            want: want.max(1),
+            held: Vec::new(),
+            lock: None,
+            progress: Instant::now(),
+        }
+    }
+
+    /// Takes what can be taken now, without waiting.
+    pub fn step(&mut self, ledger: &'l Ledger<'p>, tokens: bool, now: Instant) -> Gathered<'l, 'p> {
+        while self.held.len() < self.want {
+            if !self.held.is_empty() && self.lock.is_none() {
+                match ledger.client.map(Client::try_lock) {
+                    Some(Ok(Some(lock))) => {
+                        self.lock = Some(lock);
+                        self.progress = now;
+                    }
+                    // Another jsrun gathers: try again soon, holding one slot like any client.
+                    Some(Ok(None)) => return Gathered::Wait(false, Some(now + LOCK_RETRY)),
+                    // No lock to be had (no jobserver, or it refuses locks): run with what
+                    // there is.
+                    _ => return Gathered::Part(std::mem::take(&mut self.held)),
+                }
+            }
+            match ledger.take(tokens) {
+                Take::Got(slot) => {
+                    self.held.push(slot);
+                    self.progress = now;
+                }
+                Take::Wait if self.held.is_empty() => return Gathered::Wait(tokens, None),
+                Take::Wait => {
+                    let until = self.progress + HEAVY_WAIT;
+                    if now >= until {
+                        self.lock = None;
+                        return Gathered::Part(std::mem::take(&mut self.held));
+                    }
+                    return Gathered::Wait(tokens, Some(until));
+                }
+                Take::Never(e) if self.held.is_empty() => return Gathered::Never(e),
+                Take::Never(_) => {
+                    self.lock = None;
+                    return Gathered::Part(std::mem::take(&mut self.held));
+                }
+            }
+        }
+        self.lock = None;
+        Gathered::All(std::mem::take(&mut self.held))
     }
 }
 

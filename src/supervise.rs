@@ -25,7 +25,7 @@ use crate::limits::{self, Limits, Probe};
 use crate::output::{Capture, Gone, Output};
 use crate::pool::Pool;
 use crate::report::{Finished, Report};
-use crate::slots::{Held, Ledger, Take};
+use crate::slots::{Gather, Gathered, HEAVY_WAIT, Held, Ledger};
 use crate::spawn::Spawner;
 use crate::status::Status;
 use crate::sys::Signals;
@@ -39,6 +39,8 @@ pub struct Plan {
     pub keep_going: bool,
     pub limits: Limits,
     pub verbose: bool,
+    /// Slots every job needs (`--weight`), already capped at the pool's size.
+    pub weight: usize,
 }
 
 pub struct Outcome {
@@ -61,7 +63,7 @@ struct Running<'a> {
     pid: Pid,
     job: Job,
     /// Given back when the job is gone, never before.
-    _slot: Held<'a, 'a>,
+    _slots: Vec<Held<'a, 'a>>,
     started: (Instant, SystemTime),
     capture: Option<Capture>,
 }
@@ -84,8 +86,12 @@ struct Supervisor<'a> {
     verdict: Verdict,
     /// The next job, rendered and resolved, waiting for a slot.
     pending: Option<Job>,
+    /// The slots gathered for `pending` so far.
+    gather: Gather<'a, 'a>,
     /// Since when `pending` waits for a token.
     waiting_since: Option<Instant>,
+    /// When a heavy job must look again for the lock or stop waiting for its set.
+    gather_deadline: Option<Instant>,
     /// A spawn failed for want of processes, fds or memory: wait for a job to end.
     short_of_resources: bool,
     shortage_reported: bool,
@@ -118,6 +124,7 @@ pub fn run(
         next_check: Instant::now(),
         exceeded: None,
     });
+    let plan_weight = plan.weight;
     let mut sup = Supervisor {
         verdict: Verdict::new(plan.keep_going),
         plan,
@@ -129,7 +136,9 @@ pub fn run(
         spawner,
         running: Vec::new(),
         pending: None,
+        gather: Gather::new(plan_weight),
         waiting_since: None,
+        gather_deadline: None,
         short_of_resources: false,
         shortage_reported: false,
         governor: pool.governor(),
@@ -241,10 +250,13 @@ impl<'a> Supervisor<'a> {
     /// Starts jobs while slots, jobs and limits allow; says what to wait for next.
     fn start_jobs(&mut self) -> Wants {
         let mut wants = Wants::default();
+        self.gather_deadline = None;
+        // A heavy job counts as `weight` of jsrun's own cap.
+        let most = (self.plan.cap / self.plan.weight).max(1);
         while !self.verdict.halted()
             && !self.short_of_resources
             && !self.output.backlogged()
-            && self.running.len() < self.plan.cap
+            && self.running.len() < most
         {
             if self.pending.is_none() {
                 match self.plan.feed.next(self.free_number()) {
@@ -268,27 +280,39 @@ impl<'a> Supervisor<'a> {
             }
             let tokens = self.governor.as_ref().is_none_or(Governor::may_take);
             let ledger = self.ledger;
-            match ledger.take(tokens) {
-                Take::Got(slot) => {
-                    if slot.is_token() {
-                        self.report.token_acquired(self.waiting_since.take());
+            let slots = match self.gather.step(ledger, tokens, Instant::now()) {
+                Gathered::All(slots) => slots,
+                Gathered::Part(slots) => {
+                    if self.plan.verbose {
+                        crate::say!(
+                            "jsrun: no slot came back for {}s: the job runs with {} of its {} slots",
+                            HEAVY_WAIT.as_secs(),
+                            slots.len(),
+                            self.plan.weight
+                        );
                     }
-                    let mut job = self.pending.take().expect("a pending job");
-                    // The lowest number free now that the job starts: it may have waited
-                    // for a token while other jobs ended.
-                    self.plan.feed.renumber(&mut job, self.free_number());
-                    self.spawn(job, slot);
+                    slots
                 }
-                Take::Wait => {
+                Gathered::Wait(token, until) => {
                     self.waiting_since.get_or_insert_with(Instant::now);
-                    wants.token = tokens;
+                    wants.token = token;
+                    self.gather_deadline = until;
                     break;
                 }
-                Take::Never(error) => {
+                Gathered::Never(error) => {
                     self.jobserver_failed(error);
                     break;
                 }
+            };
+            for _ in slots.iter().filter(|slot| slot.is_token()) {
+                self.report.token_acquired(self.waiting_since.take());
             }
+            self.waiting_since = None;
+            let mut job = self.pending.take().expect("a pending job");
+            // The lowest number free now that the job starts: it may have waited for a
+            // token while other jobs ended.
+            self.plan.feed.renumber(&mut job, self.free_number());
+            self.spawn(job, slots);
         }
         wants
     }
@@ -321,7 +345,7 @@ impl<'a> Supervisor<'a> {
             .unwrap_or(1)
     }
 
-    fn spawn(&mut self, job: Job, slot: Held<'a, 'a>) {
+    fn spawn(&mut self, job: Job, slots: Vec<Held<'a, 'a>>) {
         match self.try_spawn(&job) {
             Ok((pid, capture, started)) => {
                 if self.plan.verbose {
@@ -330,7 +354,7 @@ impl<'a> Supervisor<'a> {
                 self.running.push(Running {
                     pid,
                     job,
-                    _slot: slot,
+                    _slots: slots,
                     started,
                     capture,
                 });
@@ -344,12 +368,12 @@ impl<'a> Supervisor<'a> {
                         "jsrun: warning: cannot start a job now ({e}); waiting for running jobs to end"
                     );
                 }
-                drop(slot);
+                drop(slots);
                 self.short_of_resources = true;
                 self.pending = Some(job);
             }
             Err(e) => {
-                drop(slot);
+                drop(slots);
                 let status = jobs::spawn_error_status(&e);
                 crate::say!("jsrun: cannot run {}: {e}", job.argv[0].to_string_lossy());
                 self.book(&job, None, status, None);
@@ -407,6 +431,7 @@ impl<'a> Supervisor<'a> {
         let deadline = [
             self.limiter.as_ref().map(|l| l.next_check),
             governor.and_then(Governor::deadline),
+            self.gather_deadline,
         ]
         .into_iter()
         .flatten()
@@ -563,13 +588,13 @@ impl<'a> Supervisor<'a> {
             };
             let Running {
                 job,
-                _slot: slot,
+                _slots: slots,
                 started,
                 capture,
                 ..
             } = self.running.swap_remove(i);
-            // The slot first: its job is gone.
-            drop(slot);
+            // The slots first: their job is gone.
+            drop(slots);
             self.short_of_resources = false;
             // Output that could not be kept (said already) fails a job that succeeded: 125,
             // an error of jsrun's own.
