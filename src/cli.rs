@@ -143,6 +143,14 @@ pub struct Cli {
     #[arg(long)]
     pub progress: bool,
 
+    /// Serve a system jobserver at PATH (a fifo, created or replaced) with N tokens (-jN;
+    /// default one per CPU) until SIGINT or SIGTERM, governed by -l, --min-memory-avail and
+    /// --max-memory-pressure, resized by SIGUSR1/SIGUSR2, giving back the tokens of
+    /// holders that are gone. No command. For make.conf
+    /// (MAKEFLAGS="-jN --jobserver-auth=fifo:PATH") and hosts running several builds.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["jobserver", "info", "dry_run"])]
+    pub serve: Option<PathBuf>,
+
     /// Print the jobserver jsrun would use, and exit.
     #[arg(long)]
     pub info: bool,
@@ -184,6 +192,8 @@ pub struct Config {
     pub limits: Limits,
     /// `--weight`: slots per job, 1 when not given.
     pub weight: usize,
+    /// `--serve=PATH`.
+    pub serve: Option<PathBuf>,
     pub keep_going: bool,
     pub jobserver_style: Option<Style>,
     pub jobserver_group: Option<nix::unistd::Gid>,
@@ -492,7 +502,14 @@ impl TryFrom<Cli> for Config {
 
     fn try_from(cli: Cli) -> Result<Config, String> {
         let (command, input) = split_input(cli.command)?;
-        if input == Input::StdinCommands && std::io::stdin().is_terminal() && !cli.info {
+        if cli.serve.is_some() && input != Input::StdinCommands {
+            return Err("--serve runs no command; use jsrun --serve=PATH -jN alone".into());
+        }
+        if input == Input::StdinCommands
+            && std::io::stdin().is_terminal()
+            && !cli.info
+            && cli.serve.is_none()
+        {
             return Err(
                 "no COMMAND given, and stdin is a terminal; use jsrun [OPTIONS] \
                  COMMAND ..., or pipe command lines into jsrun"
@@ -523,6 +540,7 @@ impl TryFrom<Cli> for Config {
         Ok(Config {
             jobs,
             weight: cli.weight.map_or(1, |k| k as usize),
+            serve: cli.serve,
             limits: Limits {
                 load: cli.load_average,
                 min_memory_avail: cli.min_memory_avail,

@@ -45,6 +45,8 @@ pub struct Governor {
     watch: Option<Inotify>,
     view: View,
     extra_reported: bool,
+    /// `--serve`: give back the tokens of holders that are gone (see [`Governor::reclaim`]).
+    reclaim: bool,
     start: Instant,
 }
 
@@ -90,6 +92,8 @@ pub enum Event {
     Extra { tokens: usize, at: Duration },
     /// The pool's size changed.
     Resized { slots: usize },
+    /// Tokens were missing with no process left holding the pool open: written back.
+    Reclaimed { tokens: usize, at: Duration },
 }
 
 impl Governor {
@@ -109,8 +113,18 @@ impl Governor {
                 ..View::default()
             },
             extra_reported: false,
+            reclaim: false,
             start: Instant::now(),
         }
+    }
+
+    /// Gives back tokens whose holders are gone: when tokens are missing and no process
+    /// but jsrun has the pool open any more (every process that could still give one back
+    /// holds it open), they are lost for good. Looked at when a process closes the pool.
+    /// Only where jsrun can see every holder: as root, or on a pool only its user opens.
+    pub fn reclaiming(mut self) -> Governor {
+        self.reclaim = true;
+        self
     }
 
     pub fn slots(&self) -> usize {
@@ -178,9 +192,7 @@ impl Governor {
         now: Instant,
         events: &mut Vec<Event>,
     ) {
-        if let Some(watch) = &self.watch {
-            drain(watch);
-        }
+        let closed = self.watch.as_ref().is_some_and(drain);
         if self.wants_tokens() {
             while let Ok(Some(token)) = client.try_acquire() {
                 if self.retire > 0 {
@@ -204,6 +216,47 @@ impl Governor {
             self.next_release = (!self.held.is_empty()).then_some(now + RELEASE_INTERVAL);
         }
         self.follow(client, own_implicit_busy, now, events);
+        if self.reclaim && closed {
+            self.reclaim(client, own_implicit_busy, now, events);
+        }
+    }
+
+    /// Writes back the missing tokens when nobody but jsrun holds the pool open.
+    fn reclaim(
+        &mut self,
+        client: &Client,
+        own_implicit_busy: bool,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) {
+        let Ok(free) = client.available() else {
+            return;
+        };
+        let tokens = self.slots - self.implicit + self.retire;
+        let missing = tokens.saturating_sub(free + self.held.len());
+        if missing == 0 {
+            return;
+        }
+        let Ok(stat) = nix::sys::stat::fstat(client.fd()) else {
+            return;
+        };
+        let me = std::process::id();
+        if crate::sys::holders((stat.st_dev, stat.st_ino))
+            .iter()
+            .any(|h| h.pid != me)
+        {
+            return;
+        }
+        let written = (0..missing)
+            .take_while(|_| client.release(TOKEN).is_ok())
+            .count();
+        if written > 0 {
+            events.push(Event::Reclaimed {
+                tokens: written,
+                at: now.saturating_duration_since(self.start),
+            });
+            self.follow(client, own_implicit_busy, now, events);
+        }
     }
 
     /// Reads the pool's level and books it.
@@ -253,7 +306,10 @@ impl Governor {
 /// (the watch follows the magic link to the pipe's inode).
 fn watch(client: &Client) -> nix::Result<Inotify> {
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-    let flags = AddWatchFlags::IN_ACCESS | AddWatchFlags::IN_MODIFY;
+    let flags = AddWatchFlags::IN_ACCESS
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_CLOSE_NOWRITE;
     match client.auth() {
         Auth::Fifo(path) => inotify.add_watch(path.as_path(), flags)?,
         _ => {
@@ -264,14 +320,28 @@ fn watch(client: &Client) -> nix::Result<Inotify> {
     Ok(inotify)
 }
 
-/// Empties the inotify queue: only "something happened" matters.
-fn drain(watch: &Inotify) {
+/// Empties the inotify queue: whether a process closed the pool, and otherwise only
+/// that something happened.
+fn drain(watch: &Inotify) -> bool {
+    // struct inotify_event: wd (4 bytes), mask (4), cookie (4), len (4), name (len).
+    const HEADER: usize = 16;
+    let close = (AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CLOSE_NOWRITE).bits();
+    let mut closed = false;
     let mut buf = [0u8; 4096];
     loop {
-        match nix::unistd::read(watch.as_fd(), &mut buf) {
-            Ok(n) if n > 0 => continue,
+        let n = match nix::unistd::read(watch.as_fd(), &mut buf) {
+            Ok(n) if n > 0 => n,
             Err(Errno::EINTR) => continue,
-            _ => return,
+            _ => return closed,
+        };
+        let mut at = 0;
+        while at + HEADER <= n {
+            let word = |i: usize| {
+                let bytes: [u8; 4] = buf[at + i..at + i + 4].try_into().unwrap_or_default();
+                u32::from_ne_bytes(bytes)
+            };
+            closed |= word(4) & close != 0;
+            at += HEADER + word(12) as usize;
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::client::{Client, OpenError};
 use crate::govern::Governor;
 use crate::jobs::{self, template::Template};
 use crate::makeflags::{self, Auth, MakeFlags};
-use crate::server::{self, Server, Style};
+use crate::server::{self, Mismatch, Server, Style};
 
 /// The variables a jobserver is looked for in, in this order. MAKEFLAGS first, as make
 /// reads it; CARGO_MAKEFLAGS is how cargo hands its jobserver to build scripts; the first
@@ -66,7 +66,15 @@ pub enum Pool {
     Alone,
     Inherited(Client),
     Given(Client),
-    Own { server: Server, client: Client },
+    Own {
+        server: Server,
+        client: Client,
+    },
+    /// `--serve=PATH`: N tokens at PATH, no job of jsrun's own.
+    Served {
+        server: Server,
+        client: Client,
+    },
 }
 
 impl Pool {
@@ -130,6 +138,18 @@ impl Pool {
         }
     }
 
+    /// `--serve=PATH` with `n` tokens.
+    pub fn serve_at(config: &Config, path: &Path, n: usize) -> Result<Pool> {
+        let (server, client) = Server::serve_at(path, n, config.jobserver_group)?;
+        if config.verbose {
+            crate::say!(
+                "jsrun: serving {n} tokens through --jobserver-auth=fifo:{}",
+                path.display()
+            );
+        }
+        Ok(Pool::Served { server, client })
+    }
+
     /// A pool of jsrun's own with `n` slots.
     fn serve(config: &Config, n: usize, template: &Template) -> Result<Pool> {
         let style = match config.jobserver_style {
@@ -152,6 +172,22 @@ impl Pool {
     pub fn governor(&self) -> Option<Governor> {
         match self {
             Pool::Own { server, client } => Some(Governor::new(server.slots(), 1, client)),
+            Pool::Served { server, client } => {
+                let governor = Governor::new(server.slots(), 0, client);
+                // Reclaiming needs to see every holder: root sees all; a user sees only
+                // its own processes, enough for a fifo no group shares.
+                let sees_all = nix::unistd::geteuid().is_root();
+                let private = matches!(
+                    server.auth(),
+                    Auth::Fifo(path) if std::fs::metadata(path).is_ok_and(|m| {
+                        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 == 0
+                    })
+                );
+                Some(match sees_all || private {
+                    true => governor.reclaiming(),
+                    false => governor,
+                })
+            }
             _ => None,
         }
     }
@@ -160,16 +196,17 @@ impl Pool {
     pub fn client(&self) -> Option<&Client> {
         match self {
             Pool::Alone => None,
-            Pool::Inherited(client) | Pool::Given(client) | Pool::Own { client, .. } => {
-                Some(client)
-            }
+            Pool::Inherited(client)
+            | Pool::Given(client)
+            | Pool::Own { client, .. }
+            | Pool::Served { client, .. } => Some(client),
         }
     }
 
     /// How many jobs run without a token: jsrun's implicit slot, none under `--jobserver`.
     pub fn implicit(&self) -> usize {
         match self {
-            Pool::Given(_) => 0,
+            Pool::Given(_) | Pool::Served { .. } => 0,
             _ => 1,
         }
     }
@@ -178,7 +215,7 @@ impl Pool {
     /// use this pool.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         match self {
-            Pool::Alone | Pool::Inherited(_) => Vec::new(),
+            Pool::Alone | Pool::Inherited(_) | Pool::Served { .. } => Vec::new(),
             Pool::Own { server, .. } => server::export_env(&server.makeflags_words()),
             // No -j word: "-j" alone would read as "unlimited" to a tool that sizes itself
             // from it; make, ninja and Portage use the jobserver without one.
@@ -190,7 +227,7 @@ impl Pool {
     /// beside the jobserver in the environment.
     pub fn size(&self) -> Option<usize> {
         match self {
-            Pool::Own { server, .. } => Some(server.slots()),
+            Pool::Own { server, .. } | Pool::Served { server, .. } => Some(server.slots()),
             Pool::Inherited(_) => find_in_env().and_then(|found| found.advertised),
             Pool::Alone => Some(1),
             Pool::Given(_) => None,
@@ -209,10 +246,14 @@ impl Pool {
     /// The end of the run: an own pool counts its tokens (a warning when any are
     /// missing or extra) and removes its fifo. `governed`: the tokens its governor held
     /// back (present) and how many the pool should hold after resizing.
-    pub fn close(self, governed: Option<(usize, usize)>) -> Option<String> {
+    pub fn close(self, governed: Option<(usize, usize)>) -> Option<Mismatch> {
         match self {
             Pool::Own { server, client } => {
                 let (held, expected) = governed.unwrap_or((0, server.slots() - 1));
+                server.count_tokens(&client, held, expected)
+            }
+            Pool::Served { server, client } => {
+                let (held, expected) = governed.unwrap_or((0, server.slots()));
                 server.count_tokens(&client, held, expected)
             }
             _ => None,

@@ -4,10 +4,11 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write as _;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{self, Config, Input};
+use crate::cli::{self, Config, Input, OutputSync};
 use crate::info;
 use crate::jobs::feed::{Feed, Next};
 use crate::jobs::source::{self, Source};
@@ -46,6 +47,9 @@ fn execute(config: Config) -> Result<Status> {
     if config.info {
         sys::release_signals();
         return info::print(&config);
+    }
+    if let Some(path) = &config.serve {
+        return serve(&config, path);
     }
     let makeflags = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default());
     let dry_run = config.dry_run || makeflags.dry_run();
@@ -97,6 +101,7 @@ fn execute(config: Config) -> Result<Status> {
         keep_going: config.keep_going,
         limits: config.limits,
         verbose: config.verbose,
+        serve: false,
     };
     let outcome = supervise::run(plan, &pool, &signals, &mut report, &mut output);
     let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
@@ -115,6 +120,50 @@ fn execute(config: Config) -> Result<Status> {
         }
     }
     Ok(outcome.status)
+}
+
+/// `--serve=PATH`: a system jobserver, governed, until SIGINT, SIGTERM or SIGHUP. Exit 0
+/// with the pool whole, 1 (and a warning) when tokens are missing at the end.
+fn serve(config: &Config, path: &Path) -> Result<Status> {
+    let signals = Signals::new().context("cannot set up signal handling")?;
+    let n = match config.jobs {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let pool = Pool::serve_at(config, path, n)?;
+    let mut report = Report::new(&Sinks {
+        joblog: None,
+        trace: config.trace.as_deref(),
+        progress: false,
+        total: None,
+    })?;
+    let mut output = Output::new(OutputSync::None, false);
+    let plan = Plan {
+        feed: Feed::new(Template::parse(&[], false), Source::none(), false, None),
+        cap: 0,
+        keep_going: true,
+        limits: config.limits,
+        verbose: config.verbose,
+        weight: 1,
+        serve: true,
+    };
+    let outcome = supervise::run(plan, &pool, &signals, &mut report, &mut output);
+    let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
+    let mismatch = pool.close(governed.map(|g| (g.held, g.expected)));
+    report.close();
+    let outcome = outcome?;
+    if let Some(mismatch) = &mismatch {
+        crate::say!("jsrun: warning: {mismatch}");
+    }
+    if config.stats
+        && let Some(governed) = &outcome.governed
+    {
+        report.print_pool(governed.slots, &governed.view);
+    }
+    Ok(match mismatch {
+        Some(m) if m.missing() => Status::Code(1),
+        _ => Status::SUCCESS,
+    })
 }
 
 /// The template and job source the command line describes; `true` for command lines run

@@ -36,6 +36,8 @@ pub struct Server {
     _dir: Option<FifoDir>,
     /// Both ends of the pipe, inheritable, open until jsrun exits.
     _pipe: Option<(OwnedFd, OwnedFd)>,
+    /// `--serve`'s fifo, removed when dropped.
+    _served: Option<ServedFifo>,
 }
 
 impl Server {
@@ -96,6 +98,71 @@ impl Server {
             auth,
             _dir: dir,
             _pipe: pipe,
+            _served: None,
+        };
+        Ok((server, client))
+    }
+
+    /// `--serve=PATH`: a system jobserver at `path` holding `slots` tokens (the daemon has
+    /// no job, so no implicit slot). Refuses anything at `path` that is not a fifo, and a
+    /// fifo that a live `jsrun --serve` still serves; replaces a stale fifo. The fifo is
+    /// 0600, or 0660 and given to `group`.
+    pub fn serve_at(path: &Path, slots: usize, group: Option<Gid>) -> Result<(Server, Client)> {
+        let page = page_size();
+        let pipe_max = pipe_max_size();
+        let most = max_slots(pipe_max, page) - 1;
+        if slots > most {
+            bail!(
+                "-j{slots} is more than a jobserver pipe can hold here (at most {most} tokens, \
+                 with fs.pipe-max-size at {pipe_max} bytes); use -j{most} or less"
+            );
+        }
+        let show = path.display();
+        match nix::sys::stat::lstat(path) {
+            Ok(stat) if sys::is_fifo(&stat) => {
+                let me = std::process::id();
+                let serving = sys::holders((stat.st_dev, stat.st_ino))
+                    .into_iter()
+                    .find(|h| h.pid != me && is_jsrun_serving(&h.command));
+                if let Some(holder) = serving {
+                    bail!(
+                        "{show} is served by jsrun already (pid {}); stop that one first, or \
+                         choose another --serve path",
+                        holder.pid
+                    );
+                }
+                crate::say!("jsrun: replacing {show}, a fifo no live jsrun serves");
+                std::fs::remove_file(path).with_context(|| format!("cannot remove {show}"))?;
+            }
+            Ok(_) => {
+                bail!("{show} exists and is not a fifo; remove it or choose another --serve path")
+            }
+            Err(Errno::ENOENT) => {}
+            Err(e) => bail!("cannot look at {show}: {e}"),
+        }
+        nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR)
+            .with_context(|| format!("cannot create fifo {show}"))?;
+        let stat = nix::sys::stat::lstat(path).with_context(|| format!("cannot create {show}"))?;
+        // From here on the fifo is removed on every path, an error included.
+        let served = ServedFifo {
+            path: path.to_owned(),
+            id: (stat.st_dev, stat.st_ino),
+        };
+        if let Some(gid) = group {
+            nix::unistd::chown(path, None, Some(gid))
+                .with_context(|| format!("cannot give {show} to group {gid}"))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                .with_context(|| format!("cannot open {show} to its group"))?;
+        }
+        let auth = Auth::Fifo(path.to_owned());
+        let client = Client::open(&auth).context("cannot open the jobserver jsrun created")?;
+        stock(client.fd(), slots, page, pipe_max)?;
+        let server = Server {
+            slots,
+            auth,
+            _dir: None,
+            _pipe: None,
+            _served: Some(served),
         };
         Ok((server, client))
     }
@@ -122,21 +189,41 @@ impl Server {
         self.slots
     }
 
-    /// Counts the tokens left in the pool at the end: `Some(message)` when any are missing
-    /// or extra. Reads without waiting, so a straggler holding the fifo cannot stall jsrun.
+    /// Counts the tokens left in the pool at the end: `Some` when any are missing or
+    /// extra. Reads without waiting, so a straggler holding the fifo cannot stall jsrun.
     /// `held`: tokens kept out of the pool by its governor, present all the same; `want`:
     /// the tokens the pool should hold (N-1, or as resized).
-    pub fn count_tokens(&self, client: &Client, held: usize, want: usize) -> Option<String> {
+    pub fn count_tokens(&self, client: &Client, held: usize, want: usize) -> Option<Mismatch> {
         let found = drain(client.fd()) + held;
-        let difference = match found.cmp(&want) {
-            std::cmp::Ordering::Equal => return None,
-            std::cmp::Ordering::Less => format!("{} missing", want - found),
-            std::cmp::Ordering::Greater => format!("{} extra", found - want),
+        (found != want).then_some(Mismatch { found, want })
+    }
+}
+
+/// Tokens found at the end that are not what the pool should hold.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub found: usize,
+    pub want: usize,
+}
+
+impl Mismatch {
+    pub fn missing(&self) -> bool {
+        self.found < self.want
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (found, want) = (self.found, self.want);
+        let difference = match self.missing() {
+            true => format!("{} missing", want - found),
+            false => format!("{} extra", found - want),
         };
-        Some(format!(
-            "jobserver tokens: {difference} at exit ({found} found, {want} expected); \
-             a job may have kept or added tokens"
-        ))
+        write!(
+            f,
+            "jobserver tokens: {difference} at exit ({found} found, {want} expected); a job \
+             may have kept or added tokens"
+        )
     }
 }
 
@@ -177,6 +264,31 @@ impl Drop for FifoDir {
         let _ = std::fs::remove_file(&self.fifo);
         if let Err(e) = std::fs::remove_dir(&self.dir) {
             crate::say!("jsrun: warning: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Whether a command line is a `jsrun --serve` daemon's.
+fn is_jsrun_serving(command: &str) -> bool {
+    let mut words = command.split(' ');
+    let program = words.next().unwrap_or_default();
+    Path::new(program)
+        .file_name()
+        .is_some_and(|name| name == "jsrun")
+        && words.any(|w| w == "--serve" || w.starts_with("--serve="))
+}
+
+/// `--serve`'s fifo: removed when the daemon ends, if it is still the one it created.
+struct ServedFifo {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl Drop for ServedFifo {
+    fn drop(&mut self) {
+        let ours = nix::sys::stat::lstat(&self.path).is_ok_and(|s| (s.st_dev, s.st_ino) == self.id);
+        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+            crate::say!("jsrun: warning: cannot remove {}: {e}", self.path.display());
         }
     }
 }
@@ -354,6 +466,7 @@ mod tests {
             server
                 .count_tokens(&client, 0, server.slots() - 1)
                 .unwrap()
+                .to_string()
                 .contains("3 missing")
         );
         drop(server);
@@ -449,7 +562,10 @@ mod tests {
             format!("-j2 --jobserver-fds={read},{write} --jobserver-auth={read},{write}")
         );
         client.release(b'+').unwrap();
-        let warning = server.count_tokens(&client, 0, server.slots() - 1).unwrap();
+        let warning = server
+            .count_tokens(&client, 0, server.slots() - 1)
+            .unwrap()
+            .to_string();
         assert!(warning.contains("1 extra"), "{warning}");
     }
 }

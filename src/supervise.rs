@@ -41,6 +41,8 @@ pub struct Plan {
     pub verbose: bool,
     /// Slots every job needs (`--weight`), already capped at the pool's size.
     pub weight: usize,
+    /// `--serve`: no job; serve the pool until SIGINT, SIGTERM or SIGHUP.
+    pub serve: bool,
 }
 
 pub struct Outcome {
@@ -186,8 +188,9 @@ impl<'a> Supervisor<'a> {
         loop {
             self.govern(Instant::now());
             let wants = self.start_jobs();
+            let feed_done = self.plan.feed.is_done() && self.pending.is_none() && !self.plan.serve;
             if self.running.is_empty()
-                && (self.verdict.halted() || (self.plan.feed.is_done() && self.pending.is_none()))
+                && (self.verdict.halted() || feed_done)
                 && (self.output.is_empty() || self.verdict.interrupted().is_some())
             {
                 break;
@@ -240,6 +243,11 @@ impl<'a> Supervisor<'a> {
                 govern::Event::Extra { tokens, at } => crate::say!(
                     "jsrun: warning: at {:.1}s: {tokens} more token(s) in the pool than it can \
                      hold; a job wrote a byte it never read",
+                    at.as_secs_f64()
+                ),
+                govern::Event::Reclaimed { tokens, at } => crate::say!(
+                    "jsrun: warning: at {:.1}s: {tokens} token(s) missing and no process holds \
+                     the pool open any more: written back",
                     at.as_secs_f64()
                 ),
                 govern::Event::Resized { .. } => {}

@@ -30,6 +30,11 @@ impl Source {
         Source::Once { done: false }
     }
 
+    /// No job at all (`--serve`).
+    pub fn none() -> Source {
+        Source::Once { done: true }
+    }
+
     pub fn values(values: Vec<OsString>) -> Source {
         Source::Values(values.into_iter())
     }
