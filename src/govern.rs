@@ -192,7 +192,7 @@ impl Governor {
         now: Instant,
         events: &mut Vec<Event>,
     ) {
-        let closed = self.watch.as_ref().is_some_and(drain);
+        let closed = self.watch.as_ref().is_some_and(drain_events);
         if self.wants_tokens() {
             while let Ok(Some(token)) = client.try_acquire() {
                 if self.retire > 0 {
@@ -304,7 +304,7 @@ impl Governor {
 
 /// An inotify watch on the pool's inode: a fifo by its path, a pipe by `/proc/self/fd/N`
 /// (the watch follows the magic link to the pipe's inode).
-fn watch(client: &Client) -> nix::Result<Inotify> {
+pub(crate) fn watch(client: &Client) -> nix::Result<Inotify> {
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
     let flags = AddWatchFlags::IN_ACCESS
         | AddWatchFlags::IN_MODIFY
@@ -322,7 +322,7 @@ fn watch(client: &Client) -> nix::Result<Inotify> {
 
 /// Empties the inotify queue: whether a process closed the pool, and otherwise only
 /// that something happened.
-fn drain(watch: &Inotify) -> bool {
+pub(crate) fn drain_events(watch: &Inotify) -> bool {
     // struct inotify_event: wd (4 bytes), mask (4), cookie (4), len (4), name (len).
     const HEADER: usize = 16;
     let close = (AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CLOSE_NOWRITE).bits();

@@ -7,6 +7,7 @@
 // Printing must never panic: see `say`.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+pub mod bridge;
 pub mod cli;
 pub mod client;
 pub mod govern;

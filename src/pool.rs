@@ -12,6 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::bridge::Bridge;
 use crate::cli::Config;
 use crate::client::{Client, OpenError};
 use crate::govern::Governor;
@@ -75,6 +76,11 @@ pub enum Pool {
         server: Server,
         client: Client,
     },
+    /// A pipe pool from the environment, and a fifo bridged to it for the children.
+    Bridged {
+        outer: Client,
+        bridge: Bridge,
+    },
 }
 
 impl Pool {
@@ -106,7 +112,25 @@ impl Pool {
                     Some(n) if client.is_device() => cap.min(n),
                     _ => cap,
                 };
-                Ok((Pool::Inherited(client), cap))
+                if !wants_bridge(config, template, &found.auth) {
+                    return Ok((Pool::Inherited(client), cap));
+                }
+                let bridge = Bridge::new(&found.auth, found.advertised, config.jobserver_group)?;
+                if config.verbose {
+                    crate::say!(
+                        "jsrun: bridging the pipe jobserver {} to --jobserver-auth={} for the \
+                         children, which speak only fifo",
+                        found.auth,
+                        bridge.inner_auth()
+                    );
+                }
+                Ok((
+                    Pool::Bridged {
+                        outer: client,
+                        bridge,
+                    },
+                    cap,
+                ))
             }
             // make's rule for a sub-make whose jobserver is gone: one job at a time. A pool
             // of jsrun's own here would multiply the parent's -j. Only a stale leftover in
@@ -192,6 +216,14 @@ impl Pool {
         }
     }
 
+    /// The bridge to a pipe pool, if jsrun bridges one.
+    pub fn bridge(&self) -> Option<&Bridge> {
+        match self {
+            Pool::Bridged { bridge, .. } => Some(bridge),
+            _ => None,
+        }
+    }
+
     /// The connection jobs take their tokens from.
     pub fn client(&self) -> Option<&Client> {
         match self {
@@ -199,7 +231,8 @@ impl Pool {
             Pool::Inherited(client)
             | Pool::Given(client)
             | Pool::Own { client, .. }
-            | Pool::Served { client, .. } => Some(client),
+            | Pool::Served { client, .. }
+            | Pool::Bridged { outer: client, .. } => Some(client),
         }
     }
 
@@ -217,6 +250,7 @@ impl Pool {
         match self {
             Pool::Alone | Pool::Inherited(_) | Pool::Served { .. } => Vec::new(),
             Pool::Own { server, .. } => server::export_env(&server.makeflags_words()),
+            Pool::Bridged { bridge, .. } => server::export_env(&bridge.makeflags_words()),
             // No -j word: "-j" alone would read as "unlimited" to a tool that sizes itself
             // from it; make, ninja and Portage use the jobserver without one.
             Pool::Given(client) => server::export_env(&auth_words(client.auth())),
@@ -228,7 +262,9 @@ impl Pool {
     pub fn size(&self) -> Option<usize> {
         match self {
             Pool::Own { server, .. } | Pool::Served { server, .. } => Some(server.slots()),
-            Pool::Inherited(_) => find_in_env().and_then(|found| found.advertised),
+            Pool::Inherited(_) | Pool::Bridged { .. } => {
+                find_in_env().and_then(|found| found.advertised)
+            }
             Pool::Alone => Some(1),
             Pool::Given(_) => None,
         }
@@ -237,7 +273,9 @@ impl Pool {
     /// The pool's size when jsrun knows it: its own, or the `-jN` of the outer make.
     pub fn slots(&self, cap: usize) -> Option<usize> {
         match (cap, self) {
-            (usize::MAX, Pool::Inherited(_)) => find_in_env().and_then(|found| found.advertised),
+            (usize::MAX, Pool::Inherited(_) | Pool::Bridged { .. }) => {
+                find_in_env().and_then(|found| found.advertised)
+            }
             (usize::MAX, _) => None,
             (n, _) => Some(n),
         }
@@ -272,17 +310,37 @@ fn auth_words(auth: &Auth) -> String {
 /// Programs that speak only the fifo style (upstream ninja, samurai, Portage).
 const FIFO_ONLY: [&str; 3] = ["ninja", "samu", "emerge"];
 
+/// Whether the command speaks only the fifo style.
+fn fifo_only(template: &Template) -> bool {
+    let name = template
+        .constant_program()
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .unwrap_or_default();
+    FIFO_ONLY.iter().any(|&n| name == n)
+}
+
+/// A bridge for children under a pipe pool: asked for with `--jobserver-style=fifo`, or
+/// by default for a command that speaks only fifo.
+fn wants_bridge(config: &Config, template: &Template, auth: &Auth) -> bool {
+    matches!(auth, Auth::Pipe { .. })
+        && match config.jobserver_style {
+            Some(style) => style == Style::Fifo,
+            None => fifo_only(template),
+        }
+}
+
 /// The style of a pool jsrun creates, when `--jobserver-style` does not say: fifo, unless
 /// a GNU make older than 4.4 may read it, which dies on a fifo ("invalid --jobserver-auth
 /// string"). That make is the command itself when it is `make` or `gmake`, else the `make`
 /// on PATH, which any command may run (`nice make`, `sh -c make`, a build script). Commands
 /// that speak only fifo keep it. One `--version` probe at most.
 fn default_style(template: &Template, verbose: bool) -> Style {
-    let program = template.constant_program().map(Path::new);
-    let name = program.and_then(Path::file_name).unwrap_or_default();
-    if FIFO_ONLY.iter().any(|&n| name == n) {
+    if fifo_only(template) {
         return Style::Fifo;
     }
+    let program = template.constant_program().map(Path::new);
+    let name = program.and_then(Path::file_name).unwrap_or_default();
     let (make, why) = match program {
         Some(program) if name == "make" || name == "gmake" => (program.as_os_str(), "the command"),
         _ => (

@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::bridge::Bridge;
 use crate::govern::{self, Governor, View};
 use crate::jobs::feed::{Feed, Next};
 use crate::jobs::{self, Job};
@@ -202,8 +203,12 @@ impl<'a> Supervisor<'a> {
         Ok(())
     }
 
-    /// Looks at the limits when it is time, and lets the governor follow the pool.
+    /// Looks at the limits when it is time, lets the governor follow the pool, and
+    /// balances the bridge.
     fn govern(&mut self, now: Instant) {
+        if let Some(bridge) = self.pool.bridge() {
+            bridge.balance();
+        }
         if let Some(limiter) = &mut self.limiter
             && now >= limiter.next_check
         {
@@ -427,6 +432,9 @@ impl<'a> Supervisor<'a> {
             client.filter(|_| holding).map(|c| c.fd()),
             PollFlags::POLLIN,
         );
+        let bridge = self.pool.bridge();
+        set.add(bridge.and_then(Bridge::watch_fd), PollFlags::POLLIN);
+        set.add(bridge.and_then(Bridge::outer_fd), PollFlags::POLLIN);
         // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
         let mut outputs = Vec::new();
         if !self.output.backlogged() {
