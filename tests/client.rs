@@ -3,7 +3,7 @@
 
 mod util;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use util::{FifoJobserver, PipeJobserver, Sandbox, Seen, sorted, values};
 
@@ -222,6 +222,9 @@ fn jobserver_option_has_no_implicit_slot() {
 }
 
 /// `--jobserver=AUTH` with an empty pool: the first job waits for a token.
+/// The test waits until jsrun sleeps in poll(), puts a token in, and checks
+/// that the job started after that (its own start time, on the clock every
+/// process shares), not before.
 #[test]
 fn jobserver_option_waits_for_a_token_before_the_first_job() {
     let sandbox = Sandbox::new();
@@ -232,52 +235,80 @@ fn jobserver_option_waits_for_a_token_before_the_first_job() {
         .arg(&auth)
         .args(sandbox.probe().id("only").words())
         .spawn();
-    std::thread::sleep(Duration::from_millis(500));
+    let pid = running.pid();
+    running.wait_until("jsrun to wait in poll", || util::sleeps_in_poll(pid));
     assert_eq!(sandbox.log().text(), "", "started without a token");
+    let put_at = now_nanos();
     pool.put(b"q");
     running.wait_until("the job to run", || !sandbox.log().finished().is_empty());
     running.wait().success();
+    let start = sandbox.log().events()[0].nanos;
+    assert!(
+        start > put_at,
+        "the job started {} µs before the token was there\n{}",
+        (put_at - start) / 1000,
+        sandbox.log().dump()
+    );
     assert_eq!(pool.drain(), b"q");
 }
 
+/// Nanoseconds since the epoch, the clock the probes log with.
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos()
+}
+
 /// Waiting for a token or a child costs no CPU and no wake-ups: with an
-/// empty pool, jsrun runs job 1 (2.5 s) in its implicit slot while job 2
-/// waits for a token that never comes. Over one second of that wait jsrun
-/// must not wake up (poll, no sleep loop), and its CPU time stays small.
+/// empty pool, jsrun runs job 1 in its implicit slot (it waits at a barrier
+/// until the test releases it) while job 2 waits for a token that never
+/// comes. Once jsrun sleeps in poll(), over one second of that wait it must
+/// not wake up (poll, no sleep loop), and its CPU time stays small.
 #[test]
 fn waiting_costs_no_cpu() {
     let sandbox = Sandbox::new();
     let pool = FifoJobserver::new(&sandbox, b"");
-    // Each job sleeps as many ms as its value.
-    let probe = sandbox.probe().id("{}").with("--sleep-ms", "{}");
+    let barrier = sandbox.join("barrier");
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier_deadline(&barrier, 2, 30_000);
     let mut running = sandbox
         .jsrun()
         .fifo_jobserver(&pool)
         .args(probe.words())
         .arg(":::")
-        .args(["2500", "1"])
+        .args(["1", "2"])
         .spawn();
+    let pid = running.pid();
     let log = sandbox.log();
-    running.wait_until("job 1 to start", || log.started().len() == 1);
-    std::thread::sleep(Duration::from_millis(300));
+    running.wait_until("job 1 to wait at the barrier", || {
+        util::entries(&barrier) == 1
+    });
+    running.wait_until("jsrun to wait in poll", || util::sleeps_in_poll(pid));
     let switches_before = running.voluntary_switches();
     std::thread::sleep(Duration::from_millis(1000));
     let switches = running.voluntary_switches() - switches_before;
-    let still_waiting = log.started().len() == 1;
+    assert_eq!(
+        log.started(),
+        ["1"],
+        "job 2 has no slot yet\n{}",
+        log.dump()
+    );
+    std::fs::write(barrier.join("test"), b"").unwrap();
     running.wait_until("job 2 to start", || log.started().len() == 2);
     let cpu = running.cpu_time();
     running.wait().success();
     assert_eq!(log.peak(), 1, "{}", log.dump());
     assert!(
         cpu < Duration::from_millis(100),
-        "jsrun used {cpu:?} of CPU in 2.5 s of waiting"
+        "jsrun used {cpu:?} of CPU while it waited"
     );
-    if still_waiting {
-        assert!(
-            switches <= 5,
-            "jsrun woke up {switches} times in 1 s while nothing happened"
-        );
-    }
+    assert!(
+        switches <= 5,
+        "jsrun woke up {switches} times in 1 s while nothing happened"
+    );
     assert_eq!(pool.drain(), b"");
 }
 

@@ -6,7 +6,10 @@
 //! installed package. Every build appends `start <pkg> <ns>` in `pkg_setup` and
 //! `end <pkg> <ns>` at the end of `src_install` to one log; the test computes from
 //! it how many builds overlapped. `emerge --jobs=8` would run all eight at once,
-//! so the peak is the number of job slots emerge got from the jobserver.
+//! so the peak is the number of job slots emerge got from the jobserver. The
+//! first builds of a run wait for each other in `src_install` until as many as
+//! the test expects have arrived ([`Prefix::expect_at_once`]): the peak does
+//! not depend on how fast emerge starts builds on a busy machine.
 //!
 //! Self-contained on purpose (no `mod util;`). The tests take one lock, so
 //! the emerge runs never overlap: on two cores they would slow each other down
@@ -58,6 +61,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn emerge_under_jsrun_server_uses_all_four_slots() {
     let _serial = serial();
     let prefix = Prefix::new("server");
+    prefix.expect_at_once(4);
     // emerge, then a count of the tokens in jsrun's fifo while jsrun still runs.
     let script = r#""$@"; status=$?; python3 "$0" > "$PORTAGE_OVERRIDE_EPREFIX/log/free-tokens" || exit 99; exit $status"#;
     let mut cmd = prefix.command(jsrun());
@@ -107,6 +111,7 @@ fn emerge_under_jsrun_server_uses_all_four_slots() {
 fn emerge_under_jsrun_with_outer_fifo_jobserver_uses_its_three_tokens() {
     let _serial = serial();
     let prefix = Prefix::new("stevie");
+    prefix.expect_at_once(3);
     let pool = OuterFifo::new(&prefix.root.join("jobserver"), b"xyz");
     let mut cmd = prefix.command(jsrun());
     cmd.arg(format!("--jobserver=fifo:{}", pool.path.display()))
@@ -169,6 +174,7 @@ fn interrupted_emerge_under_jsrun_with_outer_fifo_jobserver_returns_every_token(
 fn emerge_under_jsrun_under_make_uses_all_four_slots() {
     let _serial = serial();
     let prefix = Prefix::new("make");
+    prefix.expect_at_once(4);
     let mut recipe = vec![
         jsrun().display().to_string(),
         "--".into(),
@@ -208,6 +214,7 @@ fn emerge_under_jsrun_under_make_uses_all_four_slots() {
 fn emerge_with_jobserver_only_in_make_conf_uses_one_slot_less() {
     let _serial = serial();
     let prefix = Prefix::new("control");
+    prefix.expect_at_once(3);
     let script = r#"printf 'MAKEFLAGS="%s"\n' "$MAKEFLAGS" >> "$PORTAGE_OVERRIDE_EPREFIX/etc/portage/make.conf" && exec env -u MAKEFLAGS -u MFLAGS "$@""#;
     let mut cmd = prefix.command(jsrun());
     cmd.args(["-j4", "--", "sh", "-c", script, "sh"])
@@ -406,6 +413,12 @@ impl Prefix {
         .into();
         args.extend(PACKAGES.iter().map(|p| format!("{CATEGORY}/{p}")));
         args
+    }
+
+    /// Makes the first `builds` builds wait for each other in src_install
+    /// (tests/emerge/build.ebuild), so that many overlap whatever the timing.
+    fn expect_at_once(&self, builds: usize) {
+        fs::write(self.root.join("log/want"), format!("{builds}\n")).expect("write log/want");
     }
 
     fn log(&self, name: &str) -> String {

@@ -474,60 +474,51 @@ fn fd_limit_delays_jobs_but_all_complete() {
     assert_eq!(sorted(&pool.drain()), b"abcdefg");
 }
 
-/// Tasks (processes and threads) that `uid` owns now: RLIMIT_NPROC counts
-/// them all.
-fn tasks_of(uid: u32) -> u64 {
-    let mut count = 0;
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(tasks) = fs::read_dir(entry.path().join("task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let owner = fs::read_to_string(task.path().join("status"))
-                .ok()
-                .and_then(|status| {
-                    status.lines().find_map(|line| {
-                        line.strip_prefix("Uid:")
-                            .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
-                    })
-                });
-            if owner == Some(uid) {
-                count += 1;
-            }
-        }
-    }
-    count
-}
-
 /// RLIMIT_NPROC: room for jsrun and three jobs. jsrun waits for a job to
 /// end instead of failing the next one (EAGAIN from posix_spawn), and every
-/// job completes. Root is exempt from the limit, so as root the command
-/// runs as `nobody`; as another user the count of that user's processes is
-/// shared with everything else running, so the test only says it skipped.
+/// job completes. Root is exempt from the limit, so the command runs as a
+/// uid of the test's own ([`util::private_uid`]): RLIMIT_NPROC counts every
+/// task of the real uid on the machine, and under a shared uid such as
+/// `nobody` other tests starting and ending processes would change the
+/// count between the test's measurement and the spawn. The first three
+/// jobs wait at a barrier until jsrun has said it cannot start the fourth,
+/// so the limit is reached in every run, whatever the timing. As another
+/// user the test cannot change uid; it says it skipped.
 #[test]
 fn process_limit_delays_jobs_but_all_complete() {
     if !is_root() {
         eprintln!(
-            "note: process_limit_delays_jobs_but_all_complete needs root to run jsrun as nobody; skipped"
+            "note: process_limit_delays_jobs_but_all_complete needs root to run jsrun under a uid of its own; skipped"
         );
         return;
     }
-    const NOBODY: u32 = 65534;
+    let uid = util::private_uid();
     let sandbox = Sandbox::new();
     fs::set_permissions(sandbox.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let pool = FifoJobserver::new(&sandbox, b"abcdefg");
     fs::set_permissions(pool.path(), fs::Permissions::from_mode(0o666)).unwrap();
-    let probe = sandbox.probe().id("{}").sleep_ms(100);
-    let limit = tasks_of(NOBODY) + 4;
-    let output = sandbox
+    let barrier = sandbox.join("barrier");
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier_deadline(&barrier, 4, 30_000);
+    // jsrun itself and three jobs; nothing else runs under this uid.
+    let mut running = sandbox
         .jsrun()
         .fifo_jobserver(&pool)
-        .rlimit(libc::RLIMIT_NPROC, limit)
-        .user(NOBODY, NOBODY)
+        .rlimit(libc::RLIMIT_NPROC, 4)
+        .user(uid, uid)
         .args(probe.words())
         .arg(":::")
         .args(values(8))
-        .run();
+        .spawn();
+    let stderr = running.stderr_path();
+    running.wait_until("three jobs at the barrier and the warning", || {
+        entries(&barrier) == 3
+            && fs::read_to_string(&stderr).is_ok_and(|text| text.contains("cannot start a job now"))
+    });
+    release(&barrier);
+    let output = running.wait();
     output.success();
     assert_eq!(
         output.stderr.matches("cannot start a job now").count(),
@@ -537,8 +528,9 @@ fn process_limit_delays_jobs_but_all_complete() {
     );
     let log = sandbox.log();
     assert_eq!(log.finished(), values(8), "{}", log.dump());
-    assert!(log.peak() <= 3, "the limit held jobs back\n{}", log.dump());
+    assert_eq!(log.peak(), 3, "the limit held jobs back\n{}", log.dump());
     assert_eq!(sorted(&pool.drain()), b"abcdefg");
+    assert_eq!(util::tasks_of_uid(uid), 0, "a job outlived jsrun");
 }
 
 // ---------------------------------------------------------------------------

@@ -683,16 +683,21 @@ fn spans(trace: &serde_json::Value) -> Vec<Span> {
         .collect()
 }
 
-/// `--trace` under a pool of one token, `-j4`, four jobs of 200 ms: the
-/// file is Chrome trace-event JSON with one "X" span per job on the row
-/// (tid) of the job's slot, whose ts and dur agree with the job log row of
-/// the same seq; jobs 3 and 4 had to wait for the token, which shows as
-/// spans on row 0, each ending as a job starts.
+/// `--trace` under a pool of one token, `-j4`, four jobs, the first two of
+/// which wait for each other at a barrier (so two run at once in every run,
+/// however slow the machine): the file is Chrome trace-event JSON with one
+/// "X" span per job on the row (tid) of the job's slot, whose ts and dur
+/// agree with the job log row of the same seq; job 3 had to wait for the
+/// token while jobs 1 and 2 held both slots, which shows as spans on row 0,
+/// each ending as a job starts.
 #[test]
 fn trace_has_a_span_per_job_and_the_token_waits() {
     let sandbox = Sandbox::new();
     let pool = FifoJobserver::new(&sandbox, b"t");
-    let probe = sandbox.probe().id("{#}:{%}").sleep_ms(200);
+    let probe = sandbox
+        .probe()
+        .id("{#}:{%}")
+        .barrier(&sandbox.join("barrier"), 2);
     let output = sandbox
         .jsrun()
         .fifo_jobserver(&pool)
@@ -752,7 +757,7 @@ fn trace_has_a_span_per_job_and_the_token_waits() {
 
     assert!(
         !waits.is_empty(),
-        "no token waits on row 0, though jobs 3 and 4 waited for the one token\n{text}"
+        "no token waits on row 0, though job 3 waited for the one token\n{text}"
     );
     for wait in &waits {
         assert!(wait.seq.is_none(), "{wait:?}");

@@ -183,6 +183,13 @@ fn no_command_on_a_terminal_prints_a_hint_instead_of_waiting() {
 /// jsrun's own printing into a pipe nobody reads: the dry run and `--info` end
 /// quietly with 141 (what a shell shows for `seq | head -1`), and messages that
 /// cannot reach a closed stderr are dropped without a panic (exit 101).
+///
+/// The pipe's reader is gone before jsrun writes: its read end is closed
+/// before jsrun starts (in a shell pipeline such as `jsrun --info | true`,
+/// `true` may or may not have exited by the time jsrun writes, and jsrun's
+/// status depends on which came first). The dry run also runs into a reader
+/// that leaves after the first line (`| head -1`): its output is larger than
+/// a pipe holds, so some write always fails.
 #[test]
 fn closed_stdout_or_stderr_never_panics() {
     let sandbox = Sandbox::new();

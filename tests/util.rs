@@ -1228,3 +1228,66 @@ impl Running {
         self.stderr.clone()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Determinism helpers: a uid of the test's own, where a process sleeps
+
+/// A uid no account and no other test uses, for one test process: a number
+/// far above any account (3,000,000,000) plus the test process's pid, so
+/// two suites running at the same time (other checkouts, other people) never
+/// share it. RLIMIT_NPROC counts the tasks of a real uid machine-wide; with
+/// a uid of its own a test counts only the processes it started. Panics if
+/// some process already runs under it.
+pub fn private_uid() -> u32 {
+    let uid = 3_000_000_000 + std::process::id();
+    let tasks = tasks_of_uid(uid);
+    assert_eq!(
+        tasks, 0,
+        "{tasks} tasks already run as the private uid {uid}"
+    );
+    uid
+}
+
+/// Tasks (processes and threads) whose real uid is `uid` now.
+pub fn tasks_of_uid(uid: u32) -> u64 {
+    let mut count = 0;
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in processes.flatten() {
+        let Ok(tasks) = fs::read_dir(entry.path().join("task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let owner = fs::read_to_string(task.path().join("status"))
+                .ok()
+                .and_then(|status| {
+                    status.lines().find_map(|line| {
+                        line.strip_prefix("Uid:")
+                            .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
+                    })
+                });
+            if owner == Some(uid) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// The system call process `pid` is blocked in (`/proc/PID/syscall`'s first
+/// field), `None` while it runs or when the kernel does not say.
+pub fn blocked_syscall(pid: i32) -> Option<i64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Whether process `pid` sleeps in poll() or ppoll() now: per
+/// /proc/PID/syscall, or per its wchan where that file says nothing.
+pub fn sleeps_in_poll(pid: i32) -> bool {
+    match blocked_syscall(pid) {
+        Some(nr) => nr == libc::SYS_poll || nr == libc::SYS_ppoll,
+        None => fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .is_ok_and(|wchan| wchan.contains("poll")),
+    }
+}
