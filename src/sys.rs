@@ -115,13 +115,32 @@ pub const HANDLED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
-/// [`HANDLED`] as a set.
+/// The signals of [`HANDLED`] jsrun takes: all but those inherited as ignored (see
+/// [`take_signals`]), decided once at start-up.
+static TAKEN: std::sync::OnceLock<SigSet> = std::sync::OnceLock::new();
+
+/// [`HANDLED`] less the signals inherited as ignored, as a set.
 fn handled() -> SigSet {
-    let mut mask = SigSet::empty();
-    for sig in HANDLED {
-        mask.add(sig);
-    }
-    mask
+    *TAKEN.get_or_init(|| {
+        let mut mask = SigSet::empty();
+        for sig in HANDLED {
+            if sig == Signal::SIGCHLD || !is_ignored(sig) {
+                mask.add(sig);
+            }
+        }
+        mask
+    })
+}
+
+/// Whether `sig`'s disposition is SIG_IGN now.
+fn is_ignored(sig: Signal) -> bool {
+    let mut old = std::mem::MaybeUninit::<nix::libc::sigaction>::zeroed();
+    // SAFETY: a null new action only reads the disposition into `old`, which has room for
+    // one sigaction and was zeroed; nothing else is touched.
+    let rc = unsafe { nix::libc::sigaction(sig as i32, std::ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: on success sigaction filled `old`; on failure it stays zeroed (SIG_DFL).
+    let old = unsafe { old.assume_init() };
+    rc == 0 && old.sa_sigaction == nix::libc::SIG_IGN
 }
 
 /// jsrun's first instruction: from here on the handled signals wait, blocked, until the
@@ -129,15 +148,18 @@ fn handled() -> SigSet {
 /// job starts still stops it from starting.
 ///
 /// A SIGCHLD inherited as ignored would make the kernel reap the jobs itself and send no
-/// SIGCHLD: jsrun would wait forever. It is put back to its default. SIGINT, SIGTERM and
-/// SIGHUP inherited as ignored (`nohup`, `cmd &` in a script) stay ignored, for jsrun and
-/// its jobs, as the parent asked.
+/// SIGCHLD: jsrun would wait forever. It is put back to its default. SIGINT, SIGTERM,
+/// SIGHUP, SIGUSR1 and SIGUSR2 inherited as ignored (`nohup`, `cmd &` in a script) stay
+/// ignored, for jsrun and its jobs, as the parent asked: they are not blocked (Linux
+/// queues a blocked signal even when it is ignored), so the kernel drops them.
 pub fn take_signals() -> io::Result<()> {
+    // Read before SIGCHLD changes: the taken set never includes an ignored signal.
+    let taken = handled();
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SAFETY: installing SIG_DFL runs no code of ours in signal context, and jsrun is
     // single-threaded here: nothing else changes dispositions at the same time.
     unsafe { nix::sys::signal::sigaction(Signal::SIGCHLD, &default) }?;
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&taken), None)?;
     Ok(())
 }
 

@@ -287,3 +287,54 @@ fn an_inherited_ignored_sigchld_is_reset() {
         assert_eq!(seen.mask("SigIgn") & sigchld, 0, "job {id}:\n{}", seen.text);
     }
 }
+
+/// Started with SIGINT ignored (`cmd &` in a shell script, `nohup` for
+/// SIGHUP), jsrun leaves it ignored, as make does: a SIGINT neither stops it
+/// nor reaches its jobs, which inherit the ignored disposition.
+#[test]
+fn an_inherited_ignored_sigint_stays_ignored() {
+    let sandbox = Sandbox::new();
+    let barrier = sandbox.join("barrier");
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .env_out(&sandbox.join("seen-{}"))
+        .barrier(&barrier, 3);
+    let exec_with_sigint_ignored = "import os, signal, sys\n\
+        signal.signal(signal.SIGINT, signal.SIG_IGN)\n\
+        os.execv(sys.argv[1], sys.argv[1:])";
+    let mut running = sandbox
+        .command("python3")
+        .args(["-c", exec_with_sigint_ignored])
+        .arg(util::jsrun_bin())
+        .arg("-j2")
+        .args(probe.words())
+        .args([":::", "1", "2"])
+        .spawn();
+    running.wait_until("2 jobs to run", || entries(&barrier) == 2);
+    let pid = running.pid();
+    // The kernel drops a signal whose disposition is SIG_IGN and that is not blocked:
+    // nothing pends, nothing is queued for a signalfd.
+    running.signal(libc::SIGINT);
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let pending = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(pending & (1 << (libc::SIGINT - 1)), 0, "{status}");
+    fs::write(barrier.join("test"), b"").unwrap();
+    let output = running.wait();
+    output.success();
+    assert_eq!(sandbox.log().finished().len(), 2, "{}", output.report());
+    for id in 1..=2 {
+        let seen = Seen::read(&sandbox.join(format!("seen-{id}")));
+        let sigint = 1u64 << (libc::SIGINT - 1);
+        assert_eq!(
+            seen.mask("SigIgn") & sigint,
+            sigint,
+            "job {id}:\n{}",
+            seen.text
+        );
+    }
+}
