@@ -84,6 +84,16 @@ impl<'p> Ledger<'p> {
         self.client.is_some() && !self.failed.get()
     }
 
+    /// The jobserver's read descriptor, to poll while a job waits for a token.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'p>> {
+        self.client.map(Client::fd)
+    }
+
+    /// The jobserver, for messages.
+    pub fn auth(&self) -> Option<&'p crate::makeflags::Auth> {
+        self.client.map(Client::auth)
+    }
+
     pub fn has_implicit(&self) -> bool {
         self.has_implicit
     }

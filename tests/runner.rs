@@ -382,17 +382,17 @@ fn commands_from_stdin_are_streamed() {
 }
 
 /// `-l`: while the load average is at or above LOAD, no further job starts
-/// (one always may). The load figure comes from a file the test writes
-/// (`JSRUN_LOADAVG_FILE`), 5.00 against a limit of 2, so the limit holds
-/// for the whole run whatever else the machine is doing.
+/// (one always may). The load figure comes from the loadavg file of
+/// `JSRUN_PROC_DIR`, which the test writes: 5.00 against a limit of 2, so the
+/// limit holds for the whole run whatever else the machine is doing.
 #[test]
 fn load_limit_runs_one_job_at_a_time() {
     let sandbox = Sandbox::new();
-    let loadavg = sandbox.write("loadavg", "5.00 5.00 5.00 1/123 4567\n");
+    sandbox.write("loadavg", "5.00 5.00 5.00 1/123 4567\n");
     let probe = sandbox.probe().id("{}").sleep_ms(150);
     let output = sandbox
         .jsrun()
-        .env("JSRUN_LOADAVG_FILE", &loadavg)
+        .env("JSRUN_PROC_DIR", sandbox.path())
         .args(["-j3", "-l", "2"])
         .args(probe.words())
         .arg(":::")
