@@ -954,9 +954,16 @@ or
 .B cat
 would in its place.
 .PP
+125 also ends a job list that cannot be read or has a line longer than 131071 bytes, and
+grouped output that could not be kept or written.
 When jsrun receives SIGINT, SIGTERM or SIGHUP it passes the signal on to its running
 jobs, waits for them, gives back every token, removes its fifo and then dies of the same
-signal.
+signal; a signal inherited as ignored stays ignored.
+.PP
+With
+.BR \-\-serve :
+0 after SIGINT or SIGTERM with the pool whole, 1 (and a warning) when tokens were missing
+at the end, 125 for a PATH it refuses.
 .SH ENVIRONMENT
 .TP
 .B MAKEFLAGS
@@ -1028,6 +1035,28 @@ runs a command named line.
 Write
 .BR \-Oline .
 .TP
+.B "The fds are not a jobserver's: MAKEFLAGS is stale here"
+MAKEFLAGS names fds that are not the jobserver's pipe (a shell that inherited MAKEFLAGS
+past the make that set it); a
+.B +
+would not help. Unset MAKEFLAGS, or run jsrun from the make.
+.TP
+.B "\-jN is more than a jobserver pipe can hold here"
+Use the
+.B \-j
+the message names, or raise fs.pipe\-max\-size.
+.TP
+.B "output of job N (...) could not be kept"
+Neither the temp file in $TMPDIR nor memory could hold that job's output (\-O job).
+Point TMPDIR at a file system with room, or use \-Oline or no \-O.
+.TP
+.B "more token(s) in the pool than it can hold"
+A job wrote a byte into jsrun's pool that it never read.
+.TP
+.B "token(s) missing and no process holds the pool open any more: written back"
+(\-\-serve) A build died holding tokens and nobody holds the fifo any more: jsrun gave
+them back.
+.TP
 .B Is the pool being used?
 .B +jsrun \-\-info
 inside the recipe shows the jobserver jsrun would use;
@@ -1055,7 +1084,16 @@ Command lines from a file, each run by /bin/sh \-c, their output in whole lines:
 Pre-acquire a token from a system jobserver and run emerge in it:
 .B jsrun \-\-jobserver=fifo:/dev/steve \-\- emerge \-uDN @world
 .TP
-What jobserver would jsrun use here?
+A build held back while the load is 24 or more or less than 4 GiB of memory is available, with a view of how it used its slots:
+.B jsrun \-j16 \-l 24 \-\-min\-memory\-avail=4G \-\-stats \-\-trace build.json \-\- make
+.TP
+A link step that needs four slots of make's pool:
+.B +jsrun \-\-weight=4 \-\- ld ...
+.TP
+A system jobserver for make.conf (MAKEFLAGS="\-j16 \-\-jobserver\-auth=fifo:/run/jsrun/jobserver"):
+.B jsrun \-\-serve=/run/jsrun/jobserver \-j16 \-\-jobserver\-group=portage
+.TP
+What jobserver would jsrun use here, and who holds it?
 .B +jsrun \-\-info
 .SH "SEE ALSO"
 .BR make (1),
