@@ -35,19 +35,20 @@ fn main() {
         .filter_map(|w| w.strip_prefix("--jobserver-auth="))
         .next_back();
     let fifo = match auth {
-        Some(auth) => match auth.strip_prefix("fifo:") {
-            Some(path) => Some(Arc::new(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .expect("open the jobserver fifo"),
-            )),
-            None => {
+        Some(auth) => {
+            if let Some(path) = auth.strip_prefix("fifo:") {
+                Some(Arc::new(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(path)
+                        .expect("open the jobserver fifo"),
+                ))
+            } else {
                 eprintln!("fifo_client: warning: Pipe-based protocol is not supported!");
                 None
             }
-        },
+        }
         None => None,
     };
     let implicit = Arc::new(Mutex::new(true));

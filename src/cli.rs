@@ -346,7 +346,7 @@ impl Scan {
                         Takes::Nothing => continue,
                         Takes::Value if rest.is_empty() => at += 1,
                         Takes::OptionalNumber if rest.is_empty() && is_number(args.get(at)) => {
-                            at += 1
+                            at += 1;
                         }
                         Takes::OptionalAttached if rest.is_empty() => {
                             bare = Some((arg, format!("-{c}")));
@@ -486,7 +486,7 @@ fn spelling(arg: &clap::Arg) -> String {
 fn value_name(arg: &clap::Arg) -> String {
     arg.get_value_names()
         .and_then(|names| names.first())
-        .map_or_else(|| "VALUE".into(), |name| name.to_string())
+        .map_or_else(|| "VALUE".into(), std::string::ToString::to_string)
 }
 
 /// `-l`: a load average above 0.
@@ -529,7 +529,7 @@ impl TryFrom<Cli> for Config {
             None => None,
         };
         let jobs = cli.jobs.map(|n| match n {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
         });
         let output_sync = match cli.output_sync {

@@ -251,8 +251,8 @@ mod tests {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap()
     }
 
-    fn error(auth: Auth) -> String {
-        Client::open(&auth).err().expect("an error").to_string()
+    fn error(auth: &Auth) -> String {
+        Client::open(auth).err().expect("an error").to_string()
     }
 
     #[test]
@@ -295,17 +295,17 @@ mod tests {
             (w1.as_raw_fd(), r1.as_raw_fd(), "is not open for reading"),
         ];
         for (read, write, want) in cases {
-            let got = error(Auth::Pipe { read, write });
+            let got = error(&Auth::Pipe { read, write });
             assert!(got.contains(want), "{read},{write}: {got}");
         }
-        let got = error(Auth::Pipe {
+        let got = error(&Auth::Pipe {
             read: closed,
             write: w1.as_raw_fd(),
         });
         // The number may have been reused by another test's fd meanwhile.
         assert!(got.contains("closed") || got.contains("pipe"), "{got}");
-        assert!(error(Auth::Disabled).contains("disabled"));
-        assert!(error(Auth::Unknown("sem".into())).contains("unknown"));
+        assert!(error(&Auth::Disabled).contains("disabled"));
+        assert!(error(&Auth::Unknown("sem".into())).contains("unknown"));
     }
 
     /// Each kind of failure carries its own advice: '+' only where the fds were closed
@@ -368,8 +368,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
-        assert!(error(Auth::Fifo(file)).contains("is not a fifo"));
-        assert!(error(Auth::Fifo(dir.path().join("none"))).contains("cannot open"));
+        assert!(error(&Auth::Fifo(file)).contains("is not a fifo"));
+        assert!(error(&Auth::Fifo(dir.path().join("none"))).contains("cannot open"));
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         // No other reader or writer: the open still does not block, and reads see EAGAIN.

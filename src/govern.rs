@@ -310,12 +310,11 @@ pub(crate) fn watch(client: &Client) -> nix::Result<Inotify> {
         | AddWatchFlags::IN_MODIFY
         | AddWatchFlags::IN_CLOSE_WRITE
         | AddWatchFlags::IN_CLOSE_NOWRITE;
-    match client.auth() {
-        Auth::Fifo(path) => inotify.add_watch(path.as_path(), flags)?,
-        _ => {
-            let path = format!("/proc/self/fd/{}", client.fd().as_raw_fd());
-            inotify.add_watch(path.as_str(), flags)?
-        }
+    if let Auth::Fifo(path) = client.auth() {
+        inotify.add_watch(path.as_path(), flags)?
+    } else {
+        let path = format!("/proc/self/fd/{}", client.fd().as_raw_fd());
+        inotify.add_watch(path.as_str(), flags)?
     };
     Ok(inotify)
 }

@@ -47,15 +47,12 @@ fn describe_jobserver(config: &Config, out: &mut String) -> Status {
     }
     let Some(auth) = auth else {
         // With -jN jsrun would serve a jobserver of its own: that one is usable.
-        return match config.jobs {
-            Some(n) => {
-                put!("jsrun would create a jobserver with {n} slots");
-                Status::SUCCESS
-            }
-            None => {
-                put!("jsrun would run one job at a time");
-                Status::Code(1)
-            }
+        return if let Some(n) = config.jobs {
+            put!("jsrun would create a jobserver with {n} slots");
+            Status::SUCCESS
+        } else {
+            put!("jsrun would run one job at a time");
+            Status::Code(1)
         };
     };
     let style = match &auth {

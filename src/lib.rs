@@ -1,34 +1,36 @@
-//! jsrun: run commands in parallel within one GNU make jobserver budget.
+//! jsrun: run commands in parallel within one GNU make jobserver budget, and govern it.
 //!
-//! One module per concern: [`cli`] (arguments), [`makeflags`] (MAKEFLAGS strings),
-//! [`client`] and [`server`] (the jobserver), [`jobs`] (what to run), [`supervise`] (the
-//! poll loop), [`output`] and [`report`] (what the user sees), [`status`] and [`sys`].
+//! One module per concern; README.md's Design section has the map. The library is the
+//! binary's: only [`run`] (and, for tests/fuzz.rs, the parsers in [`jobs`] and
+//! [`makeflags`]) is public.
 
 // Printing must never panic: see `say`.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
-pub mod bridge;
-pub mod cli;
-pub mod client;
-pub mod govern;
-pub mod info;
+mod bridge;
+mod cli;
+mod client;
+mod govern;
+mod info;
+// Public for tests/fuzz.rs, which drives the parsers directly; the rest is the binary's.
 pub mod jobs;
-pub mod limits;
+mod limits;
 pub mod makeflags;
-pub mod output;
-pub mod pollset;
-pub mod pool;
-pub mod report;
-pub mod run;
-pub mod running;
-pub mod say;
-pub mod server;
-pub mod slots;
-pub mod spawn;
-pub mod status;
-pub mod steer;
-pub mod supervise;
-pub mod sys;
-pub mod verdict;
+mod output;
+mod pollset;
+mod pool;
+mod report;
+mod run;
+mod running;
+mod say;
+mod server;
+mod slots;
+mod spawn;
+mod status;
+mod steer;
+mod supervise;
+mod sys;
+mod verdict;
 
 pub use run::run;
+pub use status::Status;

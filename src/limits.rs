@@ -84,7 +84,9 @@ impl Limit {
     }
 }
 
-/// The figures now; `None` where one could not be read.
+/// The figures now; `None` where one could not be read (for the tests: jsrun itself asks
+/// [`Probe::check`]).
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Readings {
     /// The 1-minute load average.
@@ -102,17 +104,6 @@ pub enum Exceeded {
     Load { now: f64, limit: f64 },
     Memory { available: u64, min: u64 },
     Pressure { now: f64, limit: f64 },
-}
-
-impl Exceeded {
-    /// Which limit it is.
-    pub fn limit(&self) -> Limit {
-        match self {
-            Exceeded::Load { .. } => Limit::Load,
-            Exceeded::Memory { .. } => Limit::MemoryAvail,
-            Exceeded::Pressure { .. } => Limit::MemoryPressure,
-        }
-    }
 }
 
 impl fmt::Display for Exceeded {
@@ -287,11 +278,13 @@ impl Cgroups {
     }
 
     /// The cgroup directories whose memory limits are read, own first.
+    #[cfg(test)]
     pub fn memory_dirs(&self) -> impl Iterator<Item = &Path> {
         self.levels.iter().filter_map(|l| l.limit.parent())
     }
 
     /// The cgroup `memory.pressure` file that is read, if any.
+    #[cfg(test)]
     pub fn pressure_file(&self) -> Option<&Path> {
         self.pressure.as_deref()
     }
@@ -382,6 +375,7 @@ pub struct Probe {
     /// Per cgroup level: its limit and its usage file.
     levels: Vec<(Source, Source)>,
     cgroup_pressure: Option<Source>,
+    #[cfg(test)]
     cgroups: Cgroups,
     /// Keep descriptors open between checks (the kernel's files) or open by path each time.
     keep_open: bool,
@@ -416,7 +410,8 @@ impl Probe {
     }
 
     /// `proc_dir/loadavg`, `proc_dir/meminfo`, `proc_dir/pressure/memory`, and `cgroups`,
-    /// each file opened by its path at each check.
+    /// each file opened by its path at each check. (The tests keep `cgroups` to look at.)
+    #[cfg_attr(not(test), allow(clippy::needless_pass_by_value))]
     pub fn new(proc_dir: &Path, cgroups: Cgroups) -> Probe {
         let levels = cgroups
             .levels
@@ -429,6 +424,7 @@ impl Probe {
             pressure: Source::new(&proc_dir.join("pressure/memory")),
             levels,
             cgroup_pressure: cgroups.pressure.as_deref().map(Source::new),
+            #[cfg(test)]
             cgroups,
             keep_open: false,
             buf: vec![0; BUF_SIZE],
@@ -444,11 +440,13 @@ impl Probe {
     }
 
     /// The cgroups it reads.
+    #[cfg(test)]
     pub fn cgroups(&self) -> &Cgroups {
         &self.cgroups
     }
 
     /// All three figures now.
+    #[cfg(test)]
     pub fn readings(&mut self) -> Readings {
         Readings {
             load: self.load(),
@@ -666,7 +664,7 @@ impl Source {
 /// The first number of `/proc/loadavg`: `0.52 0.58 0.59 1/467 12345`.
 fn parse_loadavg(text: &[u8]) -> Option<f64> {
     let first = text
-        .split(|b| b.is_ascii_whitespace())
+        .split(u8::is_ascii_whitespace)
         .find(|w| !w.is_empty())?;
     parse_f64(first)
 }
@@ -677,7 +675,7 @@ fn parse_meminfo(text: &[u8]) -> Option<u64> {
         .split(|&b| b == b'\n')
         .find_map(|line| line.strip_prefix(b"MemAvailable:"))?;
     let mut words = line
-        .split(|b| b.is_ascii_whitespace())
+        .split(u8::is_ascii_whitespace)
         .filter(|w| !w.is_empty());
     let kib = parse_u64(words.next()?)?;
     match words.next() {
@@ -693,7 +691,7 @@ fn parse_psi(text: &[u8]) -> Option<f64> {
         .split(|&b| b == b'\n')
         .find_map(|line| line.strip_prefix(b"some "))?;
     let value = line
-        .split(|b| b.is_ascii_whitespace())
+        .split(u8::is_ascii_whitespace)
         .find_map(|w| w.strip_prefix(b"avg10="))?;
     parse_f64(value)
 }

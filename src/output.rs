@@ -316,7 +316,7 @@ fn take_lines(stream: &mut Stream, data: &[u8]) -> Option<Vec<u8>> {
         let kept = stream.kept.len();
         lose(
             stream,
-            format!("a line of more than {kept} bytes: out of memory"),
+            &format!("a line of more than {kept} bytes: out of memory"),
         );
         return None;
     }
@@ -373,7 +373,7 @@ fn keep(stream: &mut Stream, data: &[u8], job: &Job, warned: &mut bool) {
             ),
             None => format!("memory ran out at {} MiB", stream.kept.len() >> 20),
         };
-        lose(stream, reason);
+        lose(stream, &reason);
         return;
     }
     stream.kept.extend_from_slice(data);
@@ -396,7 +396,7 @@ fn spill_failed(stream: &mut Stream, e: io::Error, job: &Job, warned: &mut bool)
 }
 
 /// Gives up a stream's output: what was kept is freed, and what comes later is dropped.
-fn lose(stream: &mut Stream, reason: String) {
+fn lose(stream: &mut Stream, reason: &str) {
     let name = stream_name(usize::from(stream.is_stderr));
     stream.lost = Some(format!("{name}: {reason}"));
     stream.kept = Vec::new();
@@ -445,9 +445,9 @@ impl Sink {
     fn open(std: Std) -> Sink {
         let fd = std.as_fd();
         let raw = fd.as_raw_fd();
-        let writable = nix::fcntl::fcntl(fd, FcntlArg::F_GETFL)
-            .map(|flags| OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE != OFlag::O_RDONLY)
-            .unwrap_or(false);
+        let writable = nix::fcntl::fcntl(fd, FcntlArg::F_GETFL).is_ok_and(|flags| {
+            OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE != OFlag::O_RDONLY
+        });
         let (private, kind) = match nix::sys::stat::fstat(fd) {
             Ok(stat)
                 if writable

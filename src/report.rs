@@ -65,7 +65,7 @@ impl Report {
         let joblog = sinks.joblog;
         let joblog = match joblog {
             Some(path) => {
-                let failed = |what, e| file_error(what, "job log", "--joblog", path, e);
+                let failed = |what, e: io::Error| file_error(what, "job log", "--joblog", path, &e);
                 let file = File::create(path).map_err(|e| failed("create", e))?;
                 let mut log = BufWriter::new(file);
                 writeln!(
@@ -149,10 +149,10 @@ impl Report {
             };
             let (start, end) = (micros(done.started.1), micros(done.ended.1));
             let runtime = end.saturating_sub(start);
+            // GNU parallel's Exitval: 0 for a job killed by a signal (the Signal column).
             let exitval = match (done.status, done.signal) {
-                (_, Some(_)) => 0,
                 (Status::Code(code), None) => code,
-                (Status::Killed(_), None) => 0,
+                _ => 0,
             };
             let row = writeln!(
                 log,
@@ -252,7 +252,7 @@ impl Report {
 
 /// A report file that cannot be created or written, named with the option that gave it.
 /// The error keeps its kind: a closed pipe still ends jsrun quietly.
-fn file_error(what: &str, file: &str, option: &str, path: &Path, e: io::Error) -> io::Error {
+fn file_error(what: &str, file: &str, option: &str, path: &Path, e: &io::Error) -> io::Error {
     let message = format!(
         "cannot {what} the {file} {}: {e}; give {option} a file jsrun can write",
         path.display()
@@ -276,7 +276,7 @@ struct Trace {
 
 impl Trace {
     fn create(path: &Path) -> Result<Trace> {
-        let failed = |what, e| file_error(what, "trace file", "--trace", path, e);
+        let failed = |what, e: io::Error| file_error(what, "trace file", "--trace", path, &e);
         let file = File::create(path).map_err(|e| failed("create", e))?;
         let mut out = BufWriter::new(file);
         let pid = std::process::id();

@@ -30,7 +30,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Status {
     }
     match cli::parse(args) {
         // A closed stdout ends jsrun quietly, as it ends `seq` or `cat`.
-        Ok(config) => execute(config).unwrap_or_else(|err| match say::is_broken_pipe(&err) {
+        Ok(config) => execute(&config).unwrap_or_else(|err| match say::is_broken_pipe(&err) {
             true => Status::BROKEN_PIPE,
             false => status::report(&err),
         }),
@@ -41,15 +41,15 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Status {
     }
 }
 
-fn execute(config: Config) -> Result<Status> {
+fn execute(config: &Config) -> Result<Status> {
     // Inherited jobserver fds are checked before jsrun opens any file of its own, which
     // could otherwise take the number of a closed one.
     if config.info {
         sys::release_signals();
-        return info::print(&config);
+        return info::print(config);
     }
     if let Some(path) = &config.serve {
-        return serve(&config, path);
+        return serve(config, path);
     }
     let makeflags = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default());
     let dry_run = config.dry_run || makeflags.dry_run();
@@ -57,7 +57,7 @@ fn execute(config: Config) -> Result<Status> {
         (None, false) => Inherited::open(),
         _ => None,
     };
-    let (template, source, shell_lines) = jobs_of(&config)?;
+    let (template, source, shell_lines) = jobs_of(config)?;
     let pool_args = template.clone();
     let feed = Feed::new(template, source, shell_lines, config.not_found_hint.clone());
     if dry_run {
@@ -67,7 +67,7 @@ fn execute(config: Config) -> Result<Status> {
     // The handled signals are blocked since the first instruction and read in the loop,
     // so an interrupt at any point still removes the fifo and gives every token back.
     let signals = Signals::new().context("cannot set up signal handling")?;
-    let (pool, cap) = Pool::new(&config, inherited, &pool_args)?;
+    let (pool, cap) = Pool::new(config, inherited, &pool_args)?;
     // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached.
     let slots = pool.slots(cap);
     let total = match &config.input {
@@ -128,7 +128,7 @@ fn serve(config: &Config, path: &Path) -> Result<Status> {
     let signals = Signals::new().context("cannot set up signal handling")?;
     let n = match config.jobs {
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
     };
     let pool = Pool::serve_at(config, path, n)?;
     let mut report = Report::new(&Sinks {

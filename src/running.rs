@@ -41,7 +41,7 @@ pub struct Crew<'a> {
     pub jobs: Vec<Running<'a>>,
 }
 
-impl<'a> Crew<'a> {
+impl Crew<'_> {
     /// The lowest slot number no running job has (`{%}`, 1..N).
     pub fn free_number(&self) -> usize {
         (1..)

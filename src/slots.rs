@@ -79,11 +79,6 @@ impl<'p> Ledger<'p> {
         }
     }
 
-    /// Whether a job could still get a slot from the jobserver by waiting for it.
-    pub fn can_wait(&self) -> bool {
-        self.client.is_some() && !self.failed.get()
-    }
-
     /// The jobserver's read descriptor, to poll while a job waits for a token.
     pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'p>> {
         self.client.map(Client::fd)
@@ -283,7 +278,6 @@ mod tests {
         let dev_null = Client::open(&Auth::Fifo("/dev/null".into())).unwrap();
         let ledger = Ledger::new(Some(&dev_null), false);
         assert!(matches!(ledger.take(true), Take::Never(Some(_))));
-        assert!(!ledger.can_wait());
         assert!(matches!(ledger.take(true), Take::Never(None)));
     }
 }

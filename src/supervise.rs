@@ -376,16 +376,15 @@ impl<'a> Supervisor<'a> {
     /// changes size; under another pool jsrun's own cap changes (from "no cap", one fewer
     /// than the jobs running now).
     fn resize(&mut self, grow: bool) {
-        let slots = match self.steer.resize(grow) {
-            Some(slots) => slots,
-            None => {
-                let cap = &mut self.plan.cap;
-                *cap = match grow {
-                    true => cap.saturating_add(1),
-                    false => (*cap).min(self.crew.jobs.len()).saturating_sub(1).max(1),
-                };
-                *cap
-            }
+        let slots = if let Some(slots) = self.steer.resize(grow) {
+            slots
+        } else {
+            let cap = &mut self.plan.cap;
+            *cap = match grow {
+                true => cap.saturating_add(1),
+                false => (*cap).min(self.crew.jobs.len()).saturating_sub(1).max(1),
+            };
+            *cap
         };
         if self.plan.verbose {
             let sig = if grow { "SIGUSR1" } else { "SIGUSR2" };

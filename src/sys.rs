@@ -237,7 +237,7 @@ pub fn send_nonblocking(fd: BorrowedFd<'_>, data: &[u8]) -> Result<usize, Errno>
             nix::libc::MSG_DONTWAIT | nix::libc::MSG_NOSIGNAL,
         )
     };
-    Errno::result(n).map(|n| n.unsigned_abs())
+    Errno::result(n).map(isize::unsigned_abs)
 }
 
 /// A process that has a file open.
@@ -282,11 +282,10 @@ fn command_of(pid: u32) -> String {
         .filter(|w| !w.is_empty())
         .map(|w| String::from_utf8_lossy(w).into_owned())
         .collect();
-    match words.is_empty() {
-        false => words.join(" "),
-        true => {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            format!("[{}]", comm.trim())
-        }
+    if !words.is_empty() {
+        words.join(" ")
+    } else {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        format!("[{}]", comm.trim())
     }
 }

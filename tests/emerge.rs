@@ -49,7 +49,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------
@@ -278,8 +278,7 @@ fn portage_config() -> PathBuf {
 /// GNU make 4.4.1: `$JSRUN_MAKE44`, else the peers venv.
 fn make44() -> PathBuf {
     let make = std::env::var_os("JSRUN_MAKE44")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| peers_venv().join("bin/make"));
+        .map_or_else(|| peers_venv().join("bin/make"), PathBuf::from);
     assert!(
         make.is_file(),
         "peer make 4.4.1 missing ({}): run scripts/test",

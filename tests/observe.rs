@@ -106,7 +106,7 @@ fn barrier(dir: &Path, id: &str, want: usize) {
     fs::write(dir.join(id), b"").expect("write a barrier marker");
     let until = Instant::now() + Duration::from_millis(util::BARRIER_DEADLINE_MS);
     while Instant::now() < until {
-        if fs::read_dir(dir).map(|it| it.count()).unwrap_or(0) >= want {
+        if fs::read_dir(dir).map_or(0, std::iter::Iterator::count) >= want {
             return;
         }
         thread::sleep(Duration::from_millis(5));
@@ -221,7 +221,7 @@ fn whole_jobs(text: &str, stream: &str, jobs: &[&str], bytes: usize) -> Vec<Stri
     }
     let mut got = order.clone();
     got.sort();
-    let mut want: Vec<String> = jobs.iter().map(|job| job.to_string()).collect();
+    let mut want: Vec<String> = jobs.iter().map(std::string::ToString::to_string).collect();
     want.sort();
     assert_eq!(got, want, "std{stream}: jobs missing");
     order

@@ -161,12 +161,11 @@ fn a_j_beyond_a_default_pipe_is_served_from_an_enlarged_pipe() {
 /// Opens the pool a job saw: the fifo, or the pipe through jsrun's own fd.
 fn open_pool(seen: &Seen, jsrun_pid: i32) -> OwnedFd {
     let auth = jobserver_auth(&seen.var("MAKEFLAGS").expect("MAKEFLAGS")).expect("an auth");
-    let path = match auth.strip_prefix("fifo:") {
-        Some(path) => path.to_owned(),
-        None => {
-            let (read, _) = auth.split_once(',').expect("R,W");
-            format!("/proc/{jsrun_pid}/fd/{read}")
-        }
+    let path = if let Some(path) = auth.strip_prefix("fifo:") {
+        path.to_owned()
+    } else {
+        let (read, _) = auth.split_once(',').expect("R,W");
+        format!("/proc/{jsrun_pid}/fd/{read}")
     };
     let c_path = CString::new(path.clone()).expect("no NUL");
     // SAFETY: c_path is a valid NUL-terminated string.

@@ -71,7 +71,11 @@ fn signal_storm() {
                 let message = payload
                     .downcast_ref::<String>()
                     .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .or_else(|| {
+                        payload
+                            .downcast_ref::<&str>()
+                            .map(std::string::ToString::to_string)
+                    })
                     .unwrap_or_else(|| "(no message)".into());
                 failures.push(format!("round {rounds}: {plan:?}\n{}", gist(&message)));
             }
@@ -255,33 +259,31 @@ impl Plan {
             (1, Some("--tag")),
         ]);
         let keep_going = rng.percent(40);
-        let sleeps = match rng.percent(15) {
-            true => None,
-            false => {
-                let n = rng.range(1, 10);
-                Some((0..n).map(|_| rng.range(0, 30)).collect::<Vec<_>>())
-            }
+        let sleeps = if rng.percent(15) {
+            None
+        } else {
+            let n = rng.range(1, 10);
+            Some((0..n).map(|_| rng.range(0, 30)).collect::<Vec<_>>())
         };
         let n = sleeps.as_ref().map_or(1, Vec::len);
         let probe_possible = fake_make.is_some() && style.is_none();
-        let signal = match rng.percent(85) {
-            false => None,
-            true => {
-                let signal = SIGNALS[rng.range(0, 2) as usize].0;
-                let pause = rng.range(0, 20_000);
-                let starts = rng.range(1, n as u64) as usize;
-                let moment = rng.weighted(&[
-                    (15, Moment::AtSpawn),
-                    (20, Moment::AfterMicros(pause)),
-                    (35, Moment::AfterStarts(starts)),
-                    (
-                        if probe_possible { 40 } else { 0 },
-                        Moment::DuringVersionProbe,
-                    ),
-                    (10, Moment::AfterExit),
-                ]);
-                Some((signal, moment))
-            }
+        let signal = if !rng.percent(85) {
+            None
+        } else {
+            let signal = SIGNALS[rng.range(0, 2) as usize].0;
+            let pause = rng.range(0, 20_000);
+            let starts = rng.range(1, n as u64) as usize;
+            let moment = rng.weighted(&[
+                (15, Moment::AtSpawn),
+                (20, Moment::AfterMicros(pause)),
+                (35, Moment::AfterStarts(starts)),
+                (
+                    if probe_possible { 40 } else { 0 },
+                    Moment::DuringVersionProbe,
+                ),
+                (10, Moment::AfterExit),
+            ]);
+            Some((signal, moment))
         };
         let kill_count = rng.weighted(&[(5, 0), (3, 1), (2, 2)]);
         let kills = (0..kill_count)

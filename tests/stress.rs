@@ -42,6 +42,7 @@ const SLOTS: usize = 4;
 const TOKENS: &[u8] = b"+++";
 
 /// How the participants reach the pool.
+#[derive(Clone, Copy)]
 enum Pool<'a> {
     Fifo(&'a FifoJobserver),
     Pipe(&'a PipeJobserver),

@@ -121,8 +121,7 @@ fn peer(name: &str, variable: &str, fallback: &str) -> PathBuf {
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(fallback),
     };
     let executable = fs::metadata(&path)
-        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false);
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
     assert!(
         executable,
         "peer {name} missing at {}: run scripts/test (it installs the peers and sets {variable})",
@@ -659,6 +658,7 @@ impl Probe {
     }
 
     /// Any probe option, e.g. `with("--sleep-ms", "{}")`.
+    #[allow(clippy::needless_pass_by_value)] // numbers and strings alike, as written
     pub fn with(mut self, option: &str, value: impl ToString) -> Probe {
         self.words.push(option.into());
         self.words.push(value.to_string());
@@ -1191,7 +1191,7 @@ pub fn kill(pid: u32, signal: i32) {
 /// How many entries `dir` holds now (0 if it does not exist): the jobs
 /// waiting at a barrier.
 pub fn entries(dir: &Path) -> usize {
-    fs::read_dir(dir).map(|it| it.count()).unwrap_or(0)
+    fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }
 
 impl FifoJobserver {

@@ -39,7 +39,7 @@ pub fn barrier(dir: &Path, id: &str, want: usize, deadline: Duration) {
         .unwrap_or_else(|err| fail(&format!("cannot write marker in {}: {err}", dir.display())));
     let until = Instant::now() + deadline;
     while Instant::now() < until {
-        let present = fs::read_dir(dir).map(|it| it.count()).unwrap_or(0);
+        let present = fs::read_dir(dir).map_or(0, std::iter::Iterator::count);
         if present >= want {
             return;
         }

@@ -179,12 +179,11 @@ impl LineReader {
     /// The position of the next newline at or after `pos`, scanning only bytes not
     /// scanned before.
     fn find_newline(&mut self) -> Option<usize> {
-        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
-            Some(i) => Some(self.scanned + i),
-            None => {
-                self.scanned = self.buf.len();
-                None
-            }
+        if let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(self.scanned + i)
+        } else {
+            self.scanned = self.buf.len();
+            None
         }
     }
 
@@ -262,8 +261,7 @@ impl LineReader {
             Input::File(file) => {
                 let link = format!("/proc/self/fd/{}", file.as_raw_fd());
                 std::fs::read_link(link)
-                    .map(|path| path.display().to_string())
-                    .unwrap_or_else(|_| "the job list".into())
+                    .map_or_else(|_| "the job list".into(), |path| path.display().to_string())
             }
         }
     }
