@@ -2,12 +2,10 @@
 //! upstream ninja and Portage) under a pipe pool (make 4.3, a pipe the test owns): jsrun
 //! gives it a private fifo that draws from the outer pipe and returns every token to it.
 
-mod util;
-
 use std::fs;
 use std::path::PathBuf;
 
-use util::{PipeJobserver, Sandbox, example, make43, shell_words, sorted, values};
+use crate::util::{PipeJobserver, Sandbox, example, make43, shell_words, sorted, values};
 
 /// The stand-in's command line for `jobs` probe jobs that meet at a barrier of
 /// `want` and sleep a little.
@@ -19,7 +17,7 @@ fn fifo_client(sandbox: &Sandbox, jobs: usize, want: usize) -> Vec<String> {
         .barrier(&sandbox.join("barrier"), want)
         .sleep_ms(100);
     let mut words = vec![
-        util::path_str(&example("fifo_client")),
+        crate::util::path_str(&example("fifo_client")),
         "--jobs".into(),
         jobs.to_string(),
         "--".into(),
@@ -36,7 +34,7 @@ fn fifo_client(sandbox: &Sandbox, jobs: usize, want: usize) -> Vec<String> {
 fn a_fifo_only_client_under_make43_gets_the_whole_pool_and_no_more() {
     let sandbox = Sandbox::new();
     let client = shell_words(&fifo_client(&sandbox, 8, 4));
-    let jsrun = shell_words(&[util::path_str(&util::jsrun_bin())]);
+    let jsrun = shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())]);
     sandbox.write(
         "Makefile",
         format!(".PHONY: all\nall:\n\t+{jsrun} -v --jobserver-style=fifo -- {client}\n"),
@@ -97,12 +95,12 @@ fn sigterm_mid_run_gives_every_bridged_token_back() {
         .args(&words)
         .spawn();
     let barrier: PathBuf = sandbox.join("barrier");
-    running.wait_until("4 jobs to run", || util::entries(&barrier) == 4);
+    running.wait_until("4 jobs to run", || crate::util::entries(&barrier) == 4);
     running.signal(libc::SIGTERM);
     running.wait().killed_by(libc::SIGTERM);
     assert_eq!(sorted(&pool.drain()), b"xyz");
     assert_eq!(
-        util::entries(&tmp),
+        crate::util::entries(&tmp),
         0,
         "the bridge's fifo directory is gone"
     );

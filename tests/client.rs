@@ -1,14 +1,12 @@
 //! jsrun as a client of a jobserver the test owns (fifo or pipe): how many
 //! jobs run at once, and that the pool gets back exactly what it lent.
 
-mod util;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use util::{FifoJobserver, PipeJobserver, Sandbox, Seen, sorted, values};
+use crate::util::{FifoJobserver, PipeJobserver, Sandbox, Seen, sorted, values};
 
 /// `jsrun [ARGS] probe --id {} (barrier of `want`, 300 ms) ::: 1..n`.
-fn probe_run(sandbox: &Sandbox, jsrun_args: &[&str], want: usize, n: usize) -> util::Cmd {
+fn probe_run(sandbox: &Sandbox, jsrun_args: &[&str], want: usize, n: usize) -> crate::util::Cmd {
     let probe = sandbox
         .probe()
         .id("{}")
@@ -236,7 +234,7 @@ fn jobserver_option_waits_for_a_token_before_the_first_job() {
         .args(sandbox.probe().id("only").words())
         .spawn();
     let pid = running.pid();
-    running.wait_until("jsrun to wait in poll", || util::sleeps_in_poll(pid));
+    running.wait_until("jsrun to wait in poll", || crate::util::sleeps_in_poll(pid));
     assert_eq!(sandbox.log().text(), "", "started without a token");
     let put_at = now_nanos();
     pool.put(b"q");
@@ -284,9 +282,9 @@ fn waiting_costs_no_cpu() {
     let pid = running.pid();
     let log = sandbox.log();
     running.wait_until("job 1 to wait at the barrier", || {
-        util::entries(&barrier) == 1
+        crate::util::entries(&barrier) == 1
     });
-    running.wait_until("jsrun to wait in poll", || util::sleeps_in_poll(pid));
+    running.wait_until("jsrun to wait in poll", || crate::util::sleeps_in_poll(pid));
     let switches_before = running.voluntary_switches();
     std::thread::sleep(Duration::from_millis(1000));
     let switches = running.voluntary_switches() - switches_before;
@@ -352,7 +350,7 @@ fn info_describes_the_jobserver_and_takes_nothing() {
         .args(sandbox.probe().id("never").words())
         .run();
     output.success();
-    let path = util::path_str(pool.path());
+    let path = crate::util::path_str(pool.path());
     assert!(output.stdout.contains("fifo"), "{}", output.report());
     assert!(output.stdout.contains(&path), "{}", output.report());
     assert!(

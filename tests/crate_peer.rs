@@ -2,16 +2,14 @@
 //! tokens advertised in MAKEFLAGS, MFLAGS and CARGO_MAKEFLAGS), as cargo
 //! hands it to build scripts.
 
-mod util;
-
-use util::{Sandbox, values};
+use crate::util::{Sandbox, values};
 
 /// `crate_server 3 -- COMMAND`: the jobs reach 3 at once (barrier of 3),
 /// never more, and the server gets its 2 tokens back.
 #[track_caller]
 fn three_at_once_with_tokens_back(sandbox: &Sandbox, command: Vec<String>) {
     let output = sandbox
-        .command(util::example("crate_server"))
+        .command(crate::util::example("crate_server"))
         .args(["3", "--"])
         .args(command)
         .run();
@@ -36,12 +34,15 @@ fn jsrun_runs_three_jobs_under_the_crate_server() {
         .id("{}")
         .barrier(&sandbox.join("barrier"), 3)
         .sleep_ms(300);
-    let command = [vec![util::path_str(&util::jsrun_bin())], probe.words()]
-        .concat()
-        .into_iter()
-        .chain([":::".to_owned()])
-        .chain(values(6))
-        .collect();
+    let command = [
+        vec![crate::util::path_str(&crate::util::jsrun_bin())],
+        probe.words(),
+    ]
+    .concat()
+    .into_iter()
+    .chain([":::".to_owned()])
+    .chain(values(6))
+    .collect();
     three_at_once_with_tokens_back(&sandbox, command);
 }
 
@@ -62,8 +63,8 @@ fn make_under_jsrun_under_the_crate_server_shares_the_pool() {
     }
     sandbox.write("Makefile", makefile);
     let command = vec![
-        util::path_str(&util::jsrun_bin()),
-        util::path_str(&util::make44()),
+        crate::util::path_str(&crate::util::jsrun_bin()),
+        crate::util::path_str(&crate::util::make44()),
     ];
     three_at_once_with_tokens_back(&sandbox, command);
 }

@@ -4,13 +4,11 @@
 //! it holds tokens. After each, the pool the test owns is counted byte for
 //! byte (in server mode jsrun's own count is checked instead).
 
-mod util;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use util::{
+use crate::util::{
     FifoJobserver, PipeJobserver, Sandbox, Seen, entries, example, is_root, make44, path_str,
     process_gone, shell_words, sorted, values, wait_until,
 };
@@ -130,20 +128,23 @@ fn jobs_that_dup_the_pipe_fds_and_use_them_keep_the_count() {
     let sandbox = Sandbox::new();
     let pool = PipeJobserver::new(b"abcd");
     let [r, w] = pool.fds();
+    // Numbers of the copies: never the pipe's own, which depend on what else
+    // the test process has open and may have two digits (bash, not dash).
+    let (r2, w2) = (r.max(w) + 10, r.max(w) + 11);
     let probe = sandbox
         .probe()
         .id("{}")
         .barrier(&sandbox.join("barrier"), 4)
         .sleep_ms(20);
     let script = format!(
-        "exec 7<&{r} 8>&{w}; exec {r}<&- {w}>&-; \
-         dd bs=1 count=1 <&7 >&8 2>/dev/null || exit 9; exec {}",
+        "exec {r2}<&{r} {w2}>&{w}; exec {r}<&- {w}>&-; \
+         dd bs=1 count=1 <&{r2} >&{w2} 2>/dev/null || exit 9; exec {}",
         probe.shell()
     );
     let output = sandbox
         .jsrun()
         .pipe_jobserver(&pool)
-        .args(["-j4", "sh", "-c", &script, "sh", ":::"])
+        .args(["-j4", "bash", "-c", &script, "bash", ":::"])
         .args(values(8))
         .run();
     output.success().stderr_lacks("jsrun:");
@@ -345,7 +346,7 @@ fn programs_that_cannot_run_among_jobs_that_can() {
     fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
     let garbage = sandbox.write("garbage", b"\x7fELF\x02\x01\x01 not really a program");
     fs::set_permissions(&garbage, fs::Permissions::from_mode(0o755)).unwrap();
-    let probe = path_str(&util::probe_bin());
+    let probe = path_str(&crate::util::probe_bin());
     let cases: [(String, i32); 6] = [
         ("jsrun-test-no-such-command".into(), 127),
         ("/jsrun-test/no/such/path".into(), 127),
@@ -382,7 +383,7 @@ fn programs_that_cannot_run_among_jobs_that_can() {
 fn a_missing_command_stops_the_run_without_keep_going() {
     let sandbox = Sandbox::new();
     let pool = FifoJobserver::new(&sandbox, b"abc");
-    let probe = path_str(&util::probe_bin());
+    let probe = path_str(&crate::util::probe_bin());
     let log = path_str(sandbox.log().path());
     let output = sandbox
         .jsrun()
@@ -477,7 +478,7 @@ fn fd_limit_delays_jobs_but_all_complete() {
 /// RLIMIT_NPROC: room for jsrun and three jobs. jsrun waits for a job to
 /// end instead of failing the next one (EAGAIN from posix_spawn), and every
 /// job completes. Root is exempt from the limit, so the command runs as a
-/// uid of the test's own ([`util::private_uid`]): RLIMIT_NPROC counts every
+/// uid of the test's own ([`crate::util::private_uid`]): RLIMIT_NPROC counts every
 /// task of the real uid on the machine, and under a shared uid such as
 /// `nobody` other tests starting and ending processes would change the
 /// count between the test's measurement and the spawn. The first three
@@ -492,7 +493,7 @@ fn process_limit_delays_jobs_but_all_complete() {
         );
         return;
     }
-    let uid = util::private_uid();
+    let uid = crate::util::private_uid();
     let sandbox = Sandbox::new();
     fs::set_permissions(sandbox.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let pool = FifoJobserver::new(&sandbox, b"abcdefg");
@@ -530,7 +531,7 @@ fn process_limit_delays_jobs_but_all_complete() {
     assert_eq!(log.finished(), values(8), "{}", log.dump());
     assert_eq!(log.peak(), 3, "the limit held jobs back\n{}", log.dump());
     assert_eq!(sorted(&pool.drain()), b"abcdefg");
-    assert_eq!(util::tasks_of_uid(uid), 0, "a job outlived jsrun");
+    assert_eq!(crate::util::tasks_of_uid(uid), 0, "a job outlived jsrun");
 }
 
 // ---------------------------------------------------------------------------
@@ -598,7 +599,7 @@ fn make_killed_under_a_running_jsrun() {
         .sleep_ms(20);
     let recipe = format!(
         "+{} {} ::: {}; echo $$? > {}",
-        shell_words(&[path_str(&util::jsrun_bin())]),
+        shell_words(&[path_str(&crate::util::jsrun_bin())]),
         probe.shell(),
         values(8).join(" "),
         sandbox.str("status")
@@ -613,7 +614,10 @@ fn make_killed_under_a_running_jsrun() {
     let pool = kill_make_keeping_its_fifo(&sandbox, make);
     release(&barrier);
     let status = sandbox.join("status");
-    wait_until("jsrun to finish", || status.exists());
+    // The shell creates the file before it writes the status into it.
+    wait_until("jsrun to finish", || {
+        fs::read_to_string(&status).is_ok_and(|s| s.ends_with('\n'))
+    });
     let log = sandbox.log();
     assert_eq!(fs::read_to_string(&status).unwrap().trim(), "0");
     assert_eq!(log.finished(), values(8), "{}", log.dump());
@@ -623,7 +627,7 @@ fn make_killed_under_a_running_jsrun() {
 
 /// Opens the fifo job 1 saw in MAKEFLAGS (so the test can count it later),
 /// then SIGKILLs make, which leaves that fifo behind.
-fn kill_make_keeping_its_fifo(sandbox: &Sandbox, make: util::Running) -> FifoJobserver {
+fn kill_make_keeping_its_fifo(sandbox: &Sandbox, make: crate::util::Running) -> FifoJobserver {
     let pool = FifoJobserver::open_existing(Seen::read(&sandbox.join("seen-1")).fifo());
     make.signal(libc::SIGKILL);
     make.wait().killed_by(libc::SIGKILL);
@@ -640,9 +644,9 @@ fn make_killed_while_jsrun_waits_for_a_token() {
     let sandbox = Sandbox::new();
     let held = sandbox.join("held");
     let jobs_barrier = sandbox.join("jobs");
-    let others = util::Log::new(sandbox.join("others.log"));
+    let others = crate::util::Log::new(sandbox.join("others.log"));
     let other = |id: &str, want: usize| {
-        util::Probe::new(&others)
+        crate::util::Probe::new(&others)
             .id(id)
             .barrier_deadline(&held, want, 30_000)
             .shell()
@@ -656,7 +660,7 @@ fn make_killed_while_jsrun_waits_for_a_token() {
     let run = format!(
         "+{} && {} {} ::: {}; echo $$? > {}",
         other("gate", 4),
-        shell_words(&[path_str(&util::jsrun_bin())]),
+        shell_words(&[path_str(&crate::util::jsrun_bin())]),
         probe.shell(),
         values(6).join(" "),
         sandbox.str("status")
@@ -676,7 +680,10 @@ fn make_killed_while_jsrun_waits_for_a_token() {
     let pool = kill_make_keeping_its_fifo(&sandbox, make);
     release(&jobs_barrier);
     let status = sandbox.join("status");
-    wait_until("jsrun to finish", || status.exists());
+    // The shell creates the file before it writes the status into it.
+    wait_until("jsrun to finish", || {
+        fs::read_to_string(&status).is_ok_and(|s| s.ends_with('\n'))
+    });
     let log = sandbox.log();
     assert_eq!(fs::read_to_string(&status).unwrap().trim(), "0");
     assert_eq!(log.finished(), values(6), "{}", log.dump());
@@ -712,7 +719,7 @@ fn killed_client_loses_tokens(style: &[&str]) {
         .spawn();
     jsrun.wait_until("4 jobs to run", || entries(&barrier) == 4);
     let client = sandbox.log().events()[0].pid;
-    util::kill(client, libc::SIGKILL);
+    crate::util::kill(client, libc::SIGKILL);
     let output = jsrun.wait();
     output
         .code(128 + libc::SIGKILL)
@@ -800,8 +807,8 @@ fn a_failing_loop_ends_its_jobs_before_giving_their_tokens_back() {
     // Each job notes its pid, then blocks opening a fifo nobody writes.
     let script = format!(
         "echo $$ > {}/$1; exec cat {}",
-        util::path_str(&marks),
-        util::path_str(&gate)
+        crate::util::path_str(&marks),
+        crate::util::path_str(&gate)
     );
     let mut running = sandbox
         .jsrun()

@@ -1,11 +1,9 @@
 //! jsrun as a client of a real GNU make: make 4.4.1 (fifo and pipe) and
 //! make 4.3 (pipe), recipes with and without `+`.
 
-mod util;
-
 use std::path::Path;
 
-use util::{Sandbox, make43, make44, shell_words, values};
+use crate::util::{Sandbox, make43, make44, shell_words, values};
 
 /// A Makefile with one rule per (target, recipe); `all` depends on them all.
 fn makefile(sandbox: &Sandbox, rules: &[(&str, String)]) {
@@ -22,7 +20,7 @@ fn jsrun_recipe(plus: bool, jsrun_args: &[&str], probe: &str, n: usize) -> Strin
     format!(
         "{}{} {} {probe} ::: {}",
         if plus { "+" } else { "" },
-        shell_words(&[util::path_str(&util::jsrun_bin())]),
+        shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())]),
         shell_words(jsrun_args),
         values(n).join(" ")
     )
@@ -188,10 +186,10 @@ fn sub_makes_under_jsrun_share_the_outer_pool() {
         inner.push_str(&format!("j{n}:\n\t{}\n", probe.shell()));
     }
     sandbox.write("inner.mk", inner);
-    let make = util::path_str(&make44());
+    let make = crate::util::path_str(&make44());
     let recipe = format!(
         "+{} {make} -f inner.mk PART={{}} ::: a b",
-        shell_words(&[util::path_str(&util::jsrun_bin())])
+        shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())])
     );
     makefile(&sandbox, &[("run", recipe)]);
     let output = sandbox.command(make44()).arg("-j4").run();
@@ -211,9 +209,9 @@ fn make43_closed_fds_are_named_even_with_a_value_file() {
     let probe = sandbox.probe().id("{}");
     let recipe = format!(
         "{} {} :::: {}",
-        shell_words(&[util::path_str(&util::jsrun_bin())]),
+        shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())]),
         probe.shell(),
-        util::path_str(&values_file)
+        crate::util::path_str(&values_file)
     );
     makefile(&sandbox, &[("run", recipe)]);
     let output = sandbox.command(make43()).arg("-j4").run();

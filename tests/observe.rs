@@ -7,8 +7,6 @@
 //! and stderr at once. That job is this test binary itself, run again with
 //! the `writer_process` test selected (see there).
 
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
@@ -17,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{Event, FifoJobserver, Output, Sandbox, make43, make44, path_str, shell_words, sorted};
+use crate::util::{
+    Event, FifoJobserver, Output, Sandbox, make43, make44, path_str, shell_words, sorted,
+};
 
 // ---------------------------------------------------------------------------
 // The writer job
@@ -104,7 +104,7 @@ fn content(job: &str, stream: &str, bytes: usize) -> String {
 fn barrier(dir: &Path, id: &str, want: usize) {
     fs::create_dir_all(dir).expect("create the barrier directory");
     fs::write(dir.join(id), b"").expect("write a barrier marker");
-    let until = Instant::now() + Duration::from_millis(util::BARRIER_DEADLINE_MS);
+    let until = Instant::now() + Duration::from_millis(crate::util::BARRIER_DEADLINE_MS);
     while Instant::now() < until {
         if fs::read_dir(dir).map_or(0, std::iter::Iterator::count) >= want {
             return;
@@ -118,7 +118,7 @@ fn barrier(dir: &Path, id: &str, want: usize) {
 fn writer_command() -> Vec<String> {
     let exe = std::env::current_exe().expect("current_exe");
     let script = format!(
-        r#"export {WRITER_JOB}="$1"; exec "$0" writer_process --exact --quiet --test-threads=1 3>&1 4>&2 >"$1.harness" 2>&1"#
+        r#"export {WRITER_JOB}="$1"; exec "$0" observe::writer_process --exact --quiet --test-threads=1 3>&1 4>&2 >"$1.harness" 2>&1"#
     );
     vec![
         "sh".into(),
@@ -131,7 +131,7 @@ fn writer_command() -> Vec<String> {
 
 /// jsrun with `args`, running a writer job per value; `bytes` per stream
 /// each; all of them meet at a barrier before writing.
-fn writers(sandbox: &Sandbox, args: &[&str], jobs: &[&str], bytes: usize) -> util::Cmd {
+fn writers(sandbox: &Sandbox, args: &[&str], jobs: &[&str], bytes: usize) -> crate::util::Cmd {
     sandbox
         .jsrun()
         .env(WRITER_BYTES, bytes.to_string())
@@ -343,7 +343,7 @@ fn make_dry_run_runs_nothing(make: &Path) {
     let probe = sandbox.probe().id("job-{}");
     let recipe = format!(
         "+{} {} ::: 1 2",
-        shell_words(&[path_str(&util::jsrun_bin())]),
+        shell_words(&[path_str(&crate::util::jsrun_bin())]),
         probe.shell()
     );
     sandbox.write("Makefile", format!(".PHONY: run\nrun:\n\t{recipe}\n"));
@@ -402,7 +402,7 @@ fn load_limit_follows_the_load_figure() {
     let loadavg = proc_dir.join("loadavg");
     set_load(&loadavg, "5.00");
     let log = sandbox.log();
-    let probe = shell_words(&[path_str(&util::probe_bin())]);
+    let probe = shell_words(&[path_str(&crate::util::probe_bin())]);
     let log_path = shell_words(&[path_str(log.path())]);
     let barrier = shell_words(&[sandbox.str("barrier")]);
     let script = format!(
@@ -410,7 +410,7 @@ fn load_limit_follows_the_load_figure() {
            s*) exec {probe} --log {log_path} --id $1 --sleep-ms 300 ;; \
            *) exec {probe} --log {log_path} --id $1 --barrier {barrier} --want 4 --deadline-ms {} ;; \
          esac",
-        util::BARRIER_DEADLINE_MS
+        crate::util::BARRIER_DEADLINE_MS
     );
     let mut running = sandbox
         .jsrun()
@@ -434,13 +434,13 @@ fn load_limit_follows_the_load_figure() {
     };
     assert_eq!(log.finished().len(), 7, "{}", log.dump());
     assert_eq!(
-        util::peak_of(&phase('s')),
+        crate::util::peak_of(&phase('s')),
         1,
         "jobs ran side by side while the load was 5.00 (limit 2)\n{}",
         log.dump()
     );
     assert_eq!(
-        util::peak_of(&phase('p')),
+        crate::util::peak_of(&phase('p')),
         4,
         "jobs did not run in parallel once the load was 0.50\n{}\n{}",
         log.dump(),
@@ -521,7 +521,7 @@ fn joblog_rows_agree_with_the_jobs() {
     let output = sandbox
         .jsrun()
         .args(["-k", "-j2", "--joblog", "jobs.tsv", "sh", "-c", script])
-        .arg(util::probe_bin())
+        .arg(crate::util::probe_bin())
         .arg(log.path())
         .args([
             "{#}",
@@ -797,7 +797,7 @@ fn info_under_make(make: &Path, plus: bool) -> (Output, i32) {
     let recipe = format!(
         "{}@{} --info; echo \"exit=$$?\"",
         if plus { "+" } else { "" },
-        shell_words(&[path_str(&util::jsrun_bin())])
+        shell_words(&[path_str(&crate::util::jsrun_bin())])
     );
     sandbox.write("Makefile", format!(".PHONY: run\nrun:\n\t{recipe}\n"));
     let output = sandbox.command(make).arg("-j4").run();
@@ -928,7 +928,7 @@ fn progress_shows_on_a_terminal() {
     };
     let sandbox = Sandbox::new();
     let mut words = vec![
-        path_str(&util::jsrun_bin()),
+        path_str(&crate::util::jsrun_bin()),
         "--progress".into(),
         "-j2".into(),
     ];
@@ -1023,7 +1023,7 @@ fn output_sync_job_does_not_load_a_spilled_output_into_memory() {
     use std::process::{Command, Stdio};
     const SIZE: usize = 64 * MIB;
     let sandbox = Sandbox::new();
-    let mut command = Command::new(util::jsrun_bin());
+    let mut command = Command::new(crate::util::jsrun_bin());
     for variable in ["MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "GNUMAKEFLAGS"] {
         command.env_remove(variable);
     }
@@ -1046,7 +1046,7 @@ fn output_sync_job_does_not_load_a_spilled_output_into_memory() {
         "F_GETPIPE_SZ: {}",
         std::io::Error::last_os_error()
     );
-    util::wait_until("jsrun to write the job's output", || {
+    crate::util::wait_until("jsrun to write the job's output", || {
         pipe_pending(fd) >= capacity as usize / 2
     });
     let peak = peak_rss(pid);
@@ -1061,7 +1061,7 @@ fn output_sync_job_does_not_load_a_spilled_output_into_memory() {
         assert!(buf[..n].iter().all(|&b| b == 0), "not the job's output");
         total += n;
     }
-    let deadline = Instant::now() + util::DEADLINE;
+    let deadline = Instant::now() + crate::util::DEADLINE;
     let status = loop {
         if let Some(status) = child.0.try_wait().expect("try_wait") {
             break status;
@@ -1099,7 +1099,7 @@ fn traces_share_one_clock_and_job_log_rows_never_overlap() {
             .jsrun()
             .args(["-j1", "--trace", &format!("{name}.json")])
             .args(["--joblog", &format!("{name}.tsv"), "true", ":::"])
-            .args(util::values(50))
+            .args(crate::util::values(50))
             .spawn()
     };
     let (a, b) = (run("a"), run("b"));

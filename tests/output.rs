@@ -4,8 +4,6 @@
 //! duplicates a byte, and a signal reaches jsrun while nobody reads its
 //! output.
 
-mod util;
-
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -14,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use util::{FifoJobserver, Sandbox, path_str, sorted, wait_until};
+use crate::util::{FifoJobserver, Sandbox, path_str, sorted, wait_until};
 
 /// The grouping modes whose output jsrun writes itself.
 const GROUPED: [&str; 3] = ["-Oline", "-Ojob", "--tag"];
@@ -23,7 +21,7 @@ const GROUPED: [&str; 3] = ["-Oline", "-Ojob", "--tag"];
 const SHORT: Duration = Duration::from_secs(30);
 
 fn jsrun() -> String {
-    path_str(&util::jsrun_bin())
+    path_str(&crate::util::jsrun_bin())
 }
 
 // ---------------------------------------------------------------------------
@@ -242,7 +240,7 @@ fn output_nobody_reads_yet_holds_the_jobs_back_not_memory() {
                 }
                 assert!(std::time::Instant::now() < deadline, "jsrun did not finish");
                 // Whether jsrun has ended, then read what it left; else wait for data.
-                exited = util::process_gone(pid);
+                exited = crate::util::process_gone(pid);
                 let mut fds = [libc::pollfd {
                     fd: fifo.raw(),
                     events: libc::POLLIN,

@@ -1,10 +1,8 @@
 //! The parallel runner: replacement strings, value sources, output options.
 
-mod util;
-
 use std::collections::BTreeMap;
 
-use util::{Sandbox, values};
+use crate::util::{Sandbox, values};
 
 #[test]
 fn replacement_strings() {
@@ -168,7 +166,7 @@ fn slot_and_sequence_numbers() {
     let log = sandbox.log();
     assert_eq!(log.peak(), 3, "{}", log.dump());
     let mut sequence = Vec::new();
-    let mut per_slot: BTreeMap<u32, Vec<util::Event>> = BTreeMap::new();
+    let mut per_slot: BTreeMap<u32, Vec<crate::util::Event>> = BTreeMap::new();
     for event in log.events() {
         let (slot, seq) = event.id.split_once(':').expect("slot:seq");
         let slot: u32 = slot.parse().expect("numeric slot");
@@ -186,7 +184,7 @@ fn slot_and_sequence_numbers() {
     assert_eq!(sequence, (1..=9).collect::<Vec<_>>(), "{}", log.dump());
     for (slot, events) in per_slot {
         assert!(
-            util::peak_of(&events) <= 1,
+            crate::util::peak_of(&events) <= 1,
             "two jobs ran in slot {slot} at once\n{}",
             log.dump()
         );
@@ -279,10 +277,10 @@ fn tag_prefixes_every_line_with_the_value() {
 #[test]
 fn output_sync_keeps_each_job_together() {
     let sandbox = Sandbox::new();
-    let barrier = util::path_str(&sandbox.join("barrier"));
+    let barrier = crate::util::path_str(&sandbox.join("barrier"));
     let script = format!(
         "echo $1-1; {} --id $1 --barrier {barrier} --want 3 --deadline-ms 10000; echo $1-2",
-        util::shell_words(&[util::path_str(&util::probe_bin())])
+        crate::util::shell_words(&[crate::util::path_str(&crate::util::probe_bin())])
     );
     let output = sandbox
         .jsrun()
@@ -451,10 +449,10 @@ fn bare_jobs_means_one_slot_per_cpu() {
 /// finish the line: every line comes out whole.
 fn lines_stay_whole(sync: &str) {
     let sandbox = Sandbox::new();
-    let barrier = util::path_str(&sandbox.join("barrier"));
+    let barrier = crate::util::path_str(&sandbox.join("barrier"));
     let script = format!(
         "printf x$1; {} --id $1 --barrier {barrier} --want 2 --deadline-ms 10000; echo y",
-        util::shell_words(&[util::path_str(&util::probe_bin())])
+        crate::util::shell_words(&[crate::util::path_str(&crate::util::probe_bin())])
     );
     let output = sandbox
         .jsrun()

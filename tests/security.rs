@@ -4,24 +4,22 @@
 //! descriptor of jsrun's leaks into a job beyond what the job is meant to
 //! have (0, 1, 2, and the two pipe fds of a pipe jobserver).
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::{FifoJobserver, PipeJobserver, Sandbox, Seen, entries, jobserver_auth, values};
+use crate::util::{FifoJobserver, PipeJobserver, Sandbox, Seen, entries, jobserver_auth, values};
 
 /// Runs `jsrun ARGS -- probe` whose probe dumps its environment and waits
 /// at a barrier; returns the dump and the fifo while jsrun still runs, then
 /// lets it finish and returns its output too.
 fn with_running_server(
     sandbox: &Sandbox,
-    cmd: util::Cmd,
+    cmd: crate::util::Cmd,
     check: impl FnOnce(&Seen),
-) -> util::Output {
+) -> crate::util::Output {
     let barrier = sandbox.join("barrier");
     let seen_path = sandbox.join("seen");
     let probe = sandbox
@@ -78,7 +76,7 @@ fn server_fifo_is_0600_in_a_fresh_0700_directory_of_its_own() {
 fn jobserver_group_opens_the_fifo_to_that_group_only() {
     let sandbox = Sandbox::new();
     // As root, a group the test does not run as; otherwise its own.
-    let gid = if util::is_root() {
+    let gid = if crate::util::is_root() {
         65534
     } else {
         // SAFETY: getegid only reads a process attribute.
@@ -400,7 +398,7 @@ fn fds_of(seen: &Seen) -> BTreeMap<i32, String> {
 /// what each held.
 fn job_fds(
     sandbox: &Sandbox,
-    cmd: util::Cmd,
+    cmd: crate::util::Cmd,
     barrier_want: usize,
 ) -> Vec<(Seen, BTreeMap<i32, String>)> {
     let probe = sandbox

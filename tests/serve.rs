@@ -2,14 +2,12 @@
 //! 4.4.1 on the served fifo, reclaiming the tokens of dead holders (never while a
 //! holder lives), resizing, refusals, a stale fifo replaced, and the end on SIGTERM.
 
-mod util;
-
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use util::{Running, Sandbox, make44, values};
+use crate::util::{Running, Sandbox, make44, values};
 
 /// Starts `jsrun -v --serve=SANDBOX/pool -jN ARGS` and waits for its fifo.
 fn serve(sandbox: &Sandbox, n: usize, args: &[&str]) -> (Running, PathBuf) {

@@ -2,13 +2,11 @@
 //! around): real make, ninja and the jobserver crate as its clients, and the
 //! fifo it creates.
 
-mod util;
-
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
-use util::{Sandbox, Seen, jobserver_auth, make43, make44, makeflags_words, ninja, values};
+use crate::util::{Sandbox, Seen, jobserver_auth, make43, make44, makeflags_words, ninja, values};
 
 /// A Makefile whose 6 targets are probe jobs that wait for each other in
 /// threes. No `-j` is given to this make: it must take the pool from
@@ -28,7 +26,7 @@ fn six_probe_makefile(sandbox: &Sandbox) {
 }
 
 #[track_caller]
-fn assert_three_at_once(sandbox: &Sandbox, output: &util::Output) {
+fn assert_three_at_once(sandbox: &Sandbox, output: &crate::util::Output) {
     output
         .success()
         .stderr_lacks("warning")
@@ -93,7 +91,7 @@ fn bin_with_make43(sandbox: &Sandbox, probe_names: &[&str]) -> String {
     fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(make43(), bin.join("make")).unwrap();
     for name in probe_names {
-        std::os::unix::fs::symlink(util::probe_bin(), bin.join(name)).unwrap();
+        std::os::unix::fs::symlink(crate::util::probe_bin(), bin.join(name)).unwrap();
     }
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
 }
@@ -184,7 +182,7 @@ fn crate_client_takes_two_tokens(style: &[&str]) {
         .arg("-j3")
         .args(style)
         .arg("--")
-        .arg(util::example("crate_client"))
+        .arg(crate::util::example("crate_client"))
         .args(["--jobs", "6", "--sleep-ms", "300", "--want", "3"])
         .arg("--log")
         .arg(sandbox.log().path())
@@ -217,7 +215,7 @@ fn crate_client_takes_two_tokens_from_a_pipe_pool() {
 
 /// Starts `jsrun -j3 -- probe` whose probe dumps what it sees, then waits at
 /// a barrier until the test adds the second marker.
-fn start_held_probe(sandbox: &Sandbox, jsrun_args: &[&str]) -> (util::Running, Seen) {
+fn start_held_probe(sandbox: &Sandbox, jsrun_args: &[&str]) -> (crate::util::Running, Seen) {
     let probe = sandbox
         .probe()
         .id("held")
@@ -265,7 +263,7 @@ fn assert_private_fifo(fifo: &Path) {
         "mode of {}",
         dir.display()
     );
-    let path = util::path_str(fifo);
+    let path = crate::util::path_str(fifo);
     assert!(!path.contains(char::is_whitespace), "blank in {path:?}");
 }
 
@@ -492,7 +490,7 @@ fn nested_jsrun(style: &[&str]) {
         .arg("-j3")
         .args(style)
         .arg("--")
-        .arg(util::jsrun_bin())
+        .arg(crate::util::jsrun_bin())
         .args(probe.words())
         .arg(":::")
         .args(values(6))

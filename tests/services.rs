@@ -5,12 +5,10 @@
 //! mapped to a resize, a shell syntax error, a command line that lost an
 //! option.
 
-mod util;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use util::{Output, Sandbox, jsrun_bin};
+use crate::util::{Output, Sandbox, jsrun_bin};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,8 +3,6 @@
 //! really works, and a value longer than one argument may hold ends the run
 //! with an error naming the file and line.
 
-mod util;
-
 use std::ffi::CString;
 use std::fs;
 use std::io;
@@ -12,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::{Sandbox, Seen, entries, jobserver_auth, jsrun_bin, peak_of, values};
+use crate::util::{Sandbox, Seen, entries, jobserver_auth, jsrun_bin, peak_of, values};
 
 /// The longest value one argument may hold: Linux MAX_ARG_STRLEN less its NUL.
 const MAX_VALUE: usize = 131_071;
@@ -40,7 +38,7 @@ fn tmpdir(sandbox: &Sandbox) -> PathBuf {
 }
 
 #[track_caller]
-fn assert_empty(dir: &Path, output: &util::Output) {
+fn assert_empty(dir: &Path, output: &crate::util::Output) {
     let left: Vec<_> = fs::read_dir(dir)
         .expect("read TMPDIR")
         .map(|entry| entry.expect("entry").file_name())

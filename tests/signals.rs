@@ -2,11 +2,9 @@
 //! every token, removes its fifo and dies of the same signal; children start
 //! with a clean signal state.
 
-mod util;
-
 use std::fs;
 
-use util::{FifoJobserver, Sandbox, Seen, entries, sorted, values, wait_until};
+use crate::util::{FifoJobserver, Sandbox, Seen, entries, sorted, values, wait_until};
 
 /// A process is gone once /proc forgets it or it is a zombie.
 fn gone(pid: u32) -> bool {
@@ -216,9 +214,9 @@ fn a_signal_before_the_first_job_stops_it_from_starting() {
     let make = format!(
         "#!/bin/sh\nif [ \"$1\" = --version ]; then : > {probed}; read x < {gate}; \
          echo 'GNU Make 4.4.1'; exit 0; fi\n: > {started}\n",
-        probed = util::path_str(&probed),
-        gate = util::path_str(&gate),
-        started = util::path_str(&started),
+        probed = crate::util::path_str(&probed),
+        gate = crate::util::path_str(&gate),
+        started = crate::util::path_str(&started),
     );
     fs::write(bin.join("make"), make).unwrap();
     fs::set_permissions(
@@ -233,7 +231,7 @@ fn a_signal_before_the_first_job_stops_it_from_starting() {
         .args([
             "-j2",
             "--joblog",
-            &util::path_str(&sandbox.join("log")),
+            &crate::util::path_str(&sandbox.join("log")),
             "--",
             "make",
         ])
@@ -273,7 +271,7 @@ fn an_inherited_ignored_sigchld_is_reset() {
     let output = sandbox
         .command("python3")
         .args(["-c", exec_with_sigchld_ignored])
-        .arg(util::jsrun_bin())
+        .arg(crate::util::jsrun_bin())
         .arg("-j3")
         .args(probe.words())
         .args([":::", "1", "2", "3"])
@@ -306,7 +304,7 @@ fn an_inherited_ignored_sigint_stays_ignored() {
     let mut running = sandbox
         .command("python3")
         .args(["-c", exec_with_sigint_ignored])
-        .arg(util::jsrun_bin())
+        .arg(crate::util::jsrun_bin())
         .arg("-j2")
         .args(probe.words())
         .args([":::", "1", "2"])

@@ -1,12 +1,10 @@
 //! Exit statuses: the job's, 128+S, the first failure, and jsrun's own
 //! 125/126/127.
 
-mod util;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use util::Sandbox;
+use crate::util::Sandbox;
 
 #[test]
 fn one_job_passes_its_exit_code_through() {
@@ -161,7 +159,7 @@ fn jsrun_terminated_dies_of_sigterm() {
 #[test]
 fn no_command_on_a_terminal_prints_a_hint_instead_of_waiting() {
     let sandbox = Sandbox::new();
-    let jsrun = util::jsrun_bin();
+    let jsrun = crate::util::jsrun_bin();
     let output = sandbox
         .command("script")
         .args([
@@ -193,7 +191,7 @@ fn no_command_on_a_terminal_prints_a_hint_instead_of_waiting() {
 #[test]
 fn closed_stdout_or_stderr_never_panics() {
     let sandbox = Sandbox::new();
-    let jsrun = util::path_str(&util::jsrun_bin());
+    let jsrun = crate::util::path_str(&crate::util::jsrun_bin());
     let cases = [
         // (jsrun's arguments and redirection to fd 5, jsrun's status)
         ("-n echo ::: $(seq 20000) >&5".to_owned(), 141),

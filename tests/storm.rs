@@ -23,8 +23,6 @@
 //! and its plan. All rounds of one seed have the same plans; the moments
 //! signals land on are as random as the scheduler makes them.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -36,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use util::{FifoJobserver, PipeJobserver, Sandbox, example, path_str, process_gone, sorted};
+use crate::util::{FifoJobserver, PipeJobserver, Sandbox, example, path_str, process_gone, sorted};
 
 /// At most this many rounds ...
 const MAX_ROUNDS: u64 = 60;
@@ -405,7 +403,7 @@ fn run_round(plan: &Plan, rng: &mut Rng) -> Done {
         true => sandbox
             .command(&storm_job)
             .arg("--exec-ignoring-sigchld")
-            .arg(util::jsrun_bin()),
+            .arg(crate::util::jsrun_bin()),
         false => sandbox.jsrun(),
     };
     cmd = cmd.env("TMPDIR", &files.tmp).deadline(ROUND_DEADLINE);
@@ -741,7 +739,7 @@ fn wait_until_handled(pid: i32, signal: i32, until: Instant) -> &'static str {
         let taken = signal_state(pid).is_some_and(|(blocked, pending)| {
             blocked & bit(signal) != 0 && pending & bit(signal) == 0
         });
-        if taken && util::sleeps_in_poll(pid) {
+        if taken && crate::util::sleeps_in_poll(pid) {
             return "jsrun took the signal and sleeps in poll\n";
         }
         assert!(

@@ -21,12 +21,10 @@
 //! clients x 25 jobs: 2,250 jobs through 3 tokens, each job a probe (or a
 //! crate client's thread) that sleeps 1-5 ms.
 
-mod util;
-
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
 
-use util::{
+use crate::util::{
     FifoJobserver, PipeJobserver, Running, Sandbox, example, make44, path_str, shell_words, sorted,
     values,
 };
@@ -61,7 +59,7 @@ impl Pool<'_> {
     }
 
     /// A jsrun started with no implicit slot of its own.
-    fn jsrun(&self, sandbox: &Sandbox) -> util::Cmd {
+    fn jsrun(&self, sandbox: &Sandbox) -> crate::util::Cmd {
         let cmd = sandbox.jsrun();
         let cmd = match self {
             Pool::Fifo(_) => cmd,
@@ -71,7 +69,7 @@ impl Pool<'_> {
     }
 
     /// A jsrun started in the test's implicit slot, through MAKEFLAGS.
-    fn jsrun_in_implicit_slot(&self, sandbox: &Sandbox) -> util::Cmd {
+    fn jsrun_in_implicit_slot(&self, sandbox: &Sandbox) -> crate::util::Cmd {
         match self {
             Pool::Fifo(pool) => sandbox.jsrun().fifo_jobserver(pool),
             Pool::Pipe(pool) => sandbox.jsrun().pipe_jobserver(pool),
@@ -215,7 +213,7 @@ fn stress(pool: Pool<'_>) {
 }
 
 /// The jobs running at the busiest instant, for a failure message.
-fn busiest_instant(log: &util::Log) -> String {
+fn busiest_instant(log: &crate::util::Log) -> String {
     let events = log.events();
     let mut edges: Vec<(u128, bool, &str)> = events
         .iter()

@@ -1,13 +1,11 @@
 //! Token conservation: whatever happens to the jobs, the pool the test owns
 //! holds the same bytes after the run as before.
 
-mod util;
-
-use util::{FifoJobserver, PipeJobserver, Sandbox, sorted, values};
+use crate::util::{FifoJobserver, PipeJobserver, Sandbox, sorted, values};
 
 /// Runs `jsrun ARGS probe --id {} PROBE_ARGS (barrier of 4) ::: 1..8` under a
 /// fifo preloaded with `abc` and checks that `abc` is back afterwards.
-fn run_and_check_pool(jsrun_args: &[&str], probe_args: &[&str]) -> (Sandbox, util::Output) {
+fn run_and_check_pool(jsrun_args: &[&str], probe_args: &[&str]) -> (Sandbox, crate::util::Output) {
     let sandbox = Sandbox::new();
     let pool = FifoJobserver::new(&sandbox, b"abc");
     let probe = sandbox

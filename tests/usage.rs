@@ -2,13 +2,11 @@
 //! position, one-line usage errors that name the fix (exit 125, nothing run),
 //! and the man page's sections.
 
-mod util;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use util::Sandbox;
+use crate::util::Sandbox;
 
 // ---------------------------------------------------------------------------
 // -Oline wherever jsrun's options are
@@ -17,14 +15,14 @@ use util::Sandbox;
 /// prints half a line, meets the other, finishes its line, then waits for
 /// the test's `go`. Line mode shows both whole lines while the jobs still
 /// run; without grouping the halves mix, and job grouping shows nothing yet.
-fn grouped_by_line(sandbox: &Sandbox, options: &[&str]) -> util::Output {
-    let probe = util::shell_words(&[util::path_str(&util::probe_bin())]);
-    let met = util::path_str(&sandbox.join("met"));
+fn grouped_by_line(sandbox: &Sandbox, options: &[&str]) -> crate::util::Output {
+    let probe = crate::util::shell_words(&[crate::util::path_str(&crate::util::probe_bin())]);
+    let met = crate::util::path_str(&sandbox.join("met"));
     let go = sandbox.join("go");
     let script = format!(
         "printf x$1; {probe} --id $1 --barrier {met} --want 2 --deadline-ms 10000; echo y; \
          {probe} --id $1 --barrier {} --want 3 --deadline-ms 30000",
-        util::path_str(&go)
+        crate::util::path_str(&go)
     );
     let mut running = sandbox
         .jsrun()

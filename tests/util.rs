@@ -11,8 +11,6 @@
 //! - Real peers: [`make44`], [`make43`], [`ninja`]; a missing one fails the
 //!   test (run `scripts/test`, which installs them).
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -244,16 +242,6 @@ impl Cmd {
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.cmd.env(key, value);
-        self
-    }
-
-    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
-        self.cmd.env_remove(key);
-        self
-    }
-
-    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.cmd.current_dir(dir);
         self
     }
 
@@ -1107,11 +1095,6 @@ pub fn jobserver_auth(makeflags: &str) -> Option<String> {
         .iter()
         .rev()
         .find_map(|word| word.strip_prefix("--jobserver-auth=").map(str::to_owned))
-}
-
-/// Arguments as `OsString`s, for APIs that want them.
-pub fn os(words: &[&str]) -> Vec<OsString> {
-    words.iter().map(OsString::from).collect()
 }
 
 // ---------------------------------------------------------------------------

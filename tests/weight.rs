@@ -1,9 +1,7 @@
 //! Heavy jobs (`--weight=K`): every job holds K slots, jsruns that gather
 //! sets on one pool never deadlock, and the pool's size is never exceeded.
 
-mod util;
-
-use util::{Sandbox, make44, shell_words, values};
+use crate::util::{Sandbox, make44, shell_words, values};
 
 /// In a pool of its own with 4 slots, jobs of weight 2 run two at a time:
 /// two meet at a barrier (so two do run at once) and never a third.
@@ -41,7 +39,7 @@ fn a_pool_of_four_runs_two_jobs_of_weight_two() {
 fn three_heavy_recipes_under_make_j4_all_run_one_at_a_time() {
     let sandbox = Sandbox::new();
     let probe = sandbox.probe().id("$@").sleep_ms(300);
-    let jsrun = shell_words(&[util::path_str(&util::jsrun_bin())]);
+    let jsrun = shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())]);
     let mut text = String::from(".PHONY: all a b c\nall: a b c\n");
     for target in ["a", "b", "c"] {
         text.push_str(&format!(
