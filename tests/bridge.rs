@@ -105,3 +105,27 @@ fn sigterm_mid_run_gives_every_bridged_token_back() {
         "the bridge's fifo directory is gone"
     );
 }
+
+/// The jobserver crate's pipe server above jsrun (as cargo hands its pool to
+/// build scripts): the fifo-only client under the bridge reaches the server's
+/// 3 slots, never more, and the server gets its 2 tokens back.
+#[test]
+fn under_the_jobserver_crate_s_pipe_server() {
+    let sandbox = Sandbox::new();
+    let mut command = vec![
+        crate::util::path_str(&crate::util::jsrun_bin()),
+        "--jobserver-style=fifo".into(),
+        "--".into(),
+    ];
+    command.extend(fifo_client(&sandbox, 6, 3));
+    let output = sandbox
+        .command(example("crate_server"))
+        .args(["3", "--"])
+        .args(command)
+        .run();
+    output.success().stderr_lacks("not supported");
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(6), "{}", log.dump());
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+    output.stderr_contains("tokens-left 2\n");
+}

@@ -244,3 +244,46 @@ fn refusals_and_a_stale_fifo() {
     running.wait().success();
     assert!(!path.exists());
 }
+
+/// make 4.4.1 and a jobserver-crate client side by side on one served pool of
+/// 3 tokens: each is a top-level client with its own implicit slot, so
+/// together they reach 3 + 2 = 5 jobs at once (they meet in fives), never
+/// more; every token is back at the end.
+#[test]
+fn make_and_a_jobserver_crate_client_share_the_served_pool() {
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 3, &[]);
+    let makeflags = format!("-j3 --jobserver-auth=fifo:{}", path.display());
+    let barrier = sandbox.join("barrier");
+    let ids = ["m1", "m2", "m3"];
+    let mut text = format!(".PHONY: all {0}\nall: {0}\n", ids.join(" "));
+    for id in ids {
+        let probe = sandbox.probe().id(id).barrier(&barrier, 5).sleep_ms(100);
+        text.push_str(&format!("{id}:\n\t{}\n", probe.shell()));
+    }
+    sandbox.write("Makefile", text);
+    let make = sandbox
+        .command(make44())
+        .env("MAKEFLAGS", &makeflags)
+        .spawn();
+    let client = sandbox
+        .command(crate::util::example("crate_client"))
+        .env("MAKEFLAGS", &makeflags)
+        .args(["--jobs", "2", "--id-prefix", "c"])
+        .arg("--out")
+        .arg(sandbox.join("crate.out"))
+        .arg("--log")
+        .arg(sandbox.log().path())
+        .arg("--barrier")
+        .arg(&barrier)
+        .args(["--want", "5", "--sleep-ms", "100"])
+        .spawn();
+    make.wait().success().stderr_lacks("warning");
+    client.wait().success();
+    let log = sandbox.log();
+    assert_eq!(log.finished().len(), 5, "{}", log.dump());
+    assert_eq!(log.peak(), 5, "{}", log.dump());
+    assert_eq!(free_tokens(&path), 3);
+    running.signal(libc::SIGTERM);
+    running.wait().success().stderr_lacks("warning");
+}
