@@ -205,6 +205,44 @@ fn emerge_under_jsrun_under_make_uses_all_four_slots() {
     );
 }
 
+/// `+jsrun -- emerge` in a recipe of make 4.3 `-j4`: a pipe pool, which
+/// Portage cannot read ("Unsupported jobserver type"). jsrun bridges it: emerge
+/// gets a fifo of jsrun's own and takes make's 3 tokens through it.
+#[test]
+fn emerge_under_jsrun_under_make43_uses_all_four_slots_through_the_bridge() {
+    let _serial = serial();
+    let prefix = Prefix::new("bridge");
+    prefix.expect_at_once(4);
+    let mut recipe = vec![
+        jsrun().display().to_string(),
+        "--".into(),
+        emerge().display().to_string(),
+    ];
+    recipe.extend(prefix.emerge_args());
+    let makefile = prefix.root.join("Makefile");
+    fs::write(&makefile, format!("all:\n\t+{}\n", recipe.join(" "))).expect("write Makefile");
+    let mut cmd = prefix.command(crate::util::make43());
+    cmd.arg("-j4").arg("-f").arg(&makefile);
+    let out = run(&mut cmd, &prefix);
+    out.assert_success();
+    assert!(
+        !out.stderr.contains("INTERNAL")
+            && !out.stderr.contains("Unsupported jobserver type")
+            && !out.stderr.contains("jobserver unavailable"),
+        "a jobserver problem\n{out}"
+    );
+    let makeflags = prefix.makeflags(&out);
+    assert!(
+        jobserver_fifo(&makeflags).is_some(),
+        "emerge must get the bridge's fifo, MAKEFLAGS {makeflags:?}\n{out}"
+    );
+    assert_eq!(
+        prefix.peak(&out),
+        4,
+        "make's 3 tokens + the recipe's slot, through the bridge\n{out}"
+    );
+}
+
 /// Negative control: the same jsrun server as the first test, but emerge
 /// learns the jobserver from make.conf only, not from its environment. Then
 /// Portage believes it is the top-level client, reads a token for every build
