@@ -165,7 +165,10 @@ impl Governor {
     pub fn resize(&mut self, grow: bool, client: &Client) -> Option<Event> {
         if grow {
             self.slots += 1;
-            if self.holding || client.release(TOKEN).is_err() {
+            // A token still to be retired is out there: it simply stays.
+            if self.retire > 0 {
+                self.retire -= 1;
+            } else if self.holding || client.release(TOKEN).is_err() {
                 self.held.push(TOKEN);
                 self.next_release = self.next_release.or((!self.holding).then(Instant::now));
             }
@@ -457,6 +460,19 @@ mod tests {
             (held.len(), expected, client.available().unwrap()),
             (0, 0, 0)
         );
+        // All out, one slot fewer, then one more: the token to retire stays and none
+        // is written, so the pool never holds more tokens than it has slots for.
+        assert_eq!(gov.resize(true, &client), Some(Event::Resized { slots: 2 }));
+        let c = make.try_acquire().unwrap().unwrap();
+        assert_eq!(
+            gov.resize(false, &client),
+            Some(Event::Resized { slots: 1 })
+        );
+        assert_eq!(gov.resize(true, &client), Some(Event::Resized { slots: 2 }));
+        assert_eq!(client.available().unwrap(), 0, "no token written");
+        make.release(c).unwrap();
+        gov.wake(&client, true, now, &mut events);
+        assert_eq!(client.available().unwrap(), 1, "nothing retired");
     }
 
     #[test]
