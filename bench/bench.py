@@ -36,8 +36,19 @@ JSRUN = os.path.join(ROOT, "target", "release", "jsrun")
 JSRUN_STATIC = os.path.join(ROOT, "target", f"{platform.machine()}-unknown-linux-gnu", "release", "jsrun")
 FLOOR = os.path.join(TOOLS, "floor")
 MAXRSS = os.path.join(TOOLS, "maxrss")
-MAKE44 = os.path.join(TOOLS, "venv", "bin", "make")
-NINJA = os.path.join(TOOLS, "venv", "bin", "ninja")
+
+
+def _installed(name):
+    """A peer from bench/.tools/venv, else from the test peers in .peers/venv."""
+    for venv in (os.path.join(TOOLS, "venv"), os.path.join(ROOT, ".peers", "venv")):
+        path = os.path.join(venv, "bin", name)
+        if os.access(path, os.X_OK):
+            return path
+    return os.path.join(TOOLS, "venv", "bin", name)
+
+
+MAKE44 = _installed("make")
+NINJA = _installed("ninja")
 RUST_PARALLEL = os.path.join(TOOLS, "bin", "rust-parallel")
 MAKE43 = shutil.which("make", path="/usr/bin:/bin") or "/usr/bin/make"
 XARGS = shutil.which("xargs", path="/usr/bin:/bin") or "/usr/bin/xargs"
@@ -85,9 +96,10 @@ class Run:
     """The outcome of one tool run."""
 
     def __init__(self, wall=None, cpu=None, utime=None, stime=None, maxrss_kb=None,
-                 failed=None, samples=None):
+                 failed=None, samples=None, own_cpu=None):
         self.wall = wall
         self.cpu = cpu
+        self.own_cpu = own_cpu  # the tool's own on-CPU time, children not included
         self.utime = utime
         self.stime = stime
         self.maxrss_kb = maxrss_kb
@@ -95,7 +107,18 @@ class Run:
         self.samples = samples or []
 
     def as_dict(self):
-        return {k: getattr(self, k) for k in ("wall", "cpu", "utime", "stime", "maxrss_kb", "failed")}
+        return {k: getattr(self, k) for k in ("wall", "cpu", "own_cpu", "utime", "stime",
+                                              "maxrss_kb", "failed")}
+
+
+def own_cpu_of_zombie(pid):
+    """On-CPU seconds of pid's main thread, read while it is a zombie (exited, not yet
+    reaped): the tool's own CPU without its children. None where schedstat is missing."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _reap_leftovers(pgid):
@@ -161,6 +184,7 @@ def run(argv, *, stdin=None, stdin_fd=None, stdout=None, env=None, timeout=600.0
     except OSError as e:
         return Run(failed=f"cannot start {argv[0]}: {e.strerror}")
     timed_out = False
+    own = None
     pidfd = os.pidfd_open(pid)
     try:
         poller = select.poll()
@@ -171,6 +195,7 @@ def run(argv, *, stdin=None, stdin_fd=None, stdout=None, env=None, timeout=600.0
             if sampler is not None:
                 wait = min(wait, sample_every)
             if wait > 0 and poller.poll(wait * 1000.0):
+                own = own_cpu_of_zombie(pid)
                 break
             now = time.perf_counter()
             if sampler is not None:
@@ -193,7 +218,7 @@ def run(argv, *, stdin=None, stdin_fd=None, stdout=None, env=None, timeout=600.0
     utime = after.ru_utime - before.ru_utime
     stime = after.ru_stime - before.ru_stime
     result = Run(wall=t1 - t0, cpu=utime + stime, utime=utime, stime=stime,
-                 maxrss_kb=ru.ru_maxrss, samples=samples)
+                 maxrss_kb=ru.ru_maxrss, samples=samples, own_cpu=own)
     if timed_out:
         result.failed = f"timed out after {timeout:.0f} s"
         return result
@@ -279,8 +304,9 @@ def count_lines_check(path, n, line="x"):
 
 class Case:
     def __init__(self, tool, argv, *, stdin=None, stdout=None, env=None, pre=None,
-                 check=None, note=""):
+                 check=None, note="", ref=None):
         self.tool = tool
+        self.ref = ref  # i, j: the tool this one is compared with, round by round
         self.argv = argv
         self.stdin = stdin
         self.stdout = stdout
@@ -392,7 +418,53 @@ def build_workloads(cfg):
         Case("make 4.3 + jsrun (pipe)", [MAKE43, "-r", "-j2", "-f", mk]),
         Case("floor", [FLOOR, str(n), "2", TRUE]),
     ], wall_ref=None, cpu_ref="floor"))
+
+    # i. following the pool: make under jsrun's own governed pool, with and without --trace
+    n = cfg["ij_recipes"]
+    targets = [f"t{i}" for i in range(1, n + 1)]
+    mk = makefile_each("ij.mk", targets, TRUE)
+    trace = os.path.join(WORK, "i-trace.json")
+    wl.append(Workload("i", f"following the pool: {n:,} `true` recipes, make 4.4.1 in a pool of 4", n, [
+        Case("make 4.4.1 -j4", [MAKE44, "-r", "-j4", "-f", mk]),
+        Case("jsrun -j4 -- make", [JSRUN, "-j4", "--", MAKE44, "-r", "-f", mk],
+             ref="make 4.4.1 -j4"),
+        Case("jsrun -j4 --trace T -- make", [JSRUN, "-j4", "--trace", trace, "--", MAKE44, "-r", "-f", mk],
+             ref="make 4.4.1 -j4", check=trace_check(trace, 4)),
+    ]))
+
+    # j. server overhead: make under jsrun's pool vs make's own, fifo (4.4.1) and pipe (4.3)
+    wl.append(Workload("j", f"server overhead: {n:,} `true` recipes, -j4", n, [
+        Case("make 4.4.1 -j4", [MAKE44, "-r", "-j4", "-f", mk]),
+        Case("jsrun -j4 -- make 4.4.1 (fifo)", [JSRUN, "-j4", "--", MAKE44, "-r", "-f", mk],
+             ref="make 4.4.1 -j4"),
+        Case("make 4.3 -j4", [MAKE43, "-r", "-j4", "-f", mk]),
+        Case("jsrun -j4 -- make 4.3 (pipe)", [JSRUN, "-j4", "--", MAKE43, "-r", "-f", mk],
+             ref="make 4.3 -j4"),
+    ]))
     return wl
+
+
+def trace_values(path, name):
+    """The values of the counter track `name` in a jsrun trace, in file order."""
+    with open(path) as f:
+        events = json.load(f)["traceEvents"]
+    return [e["args"][name] for e in events if e.get("ph") == "C" and e.get("name") == name]
+
+
+def trace_check(path, slots):
+    """The trace of a governed make follows the pool: its `slots in use` track moves and
+    never exceeds the pool."""
+    def check():
+        try:
+            values = trace_values(path, "slots in use")
+        except (OSError, ValueError, KeyError) as e:
+            return f"trace unreadable: {e}"
+        if not values or max(values) < 2:
+            return f"trace: `slots in use` never above 1 ({len(values)} events)"
+        if max(values) > slots:
+            return f"trace: `slots in use` reached {max(values)} in a pool of {slots}"
+        return None
+    return check
 
 
 def rotate(items, r):
@@ -610,30 +682,36 @@ def read_cpu(pid, t):
     return (t, ns, switches)
 
 
+def measure_wait(tag, name, argv, env, expect, secs):
+    """One run that waits about `expect` seconds: the tool's own CPU per second over the
+    middle of the first `secs` seconds (15% to 93%), its wake-ups, its total CPU."""
+    lo, hi = 0.15 * secs, 0.93 * secs
+    res = run(argv, env=env, sampler=read_cpu, sample_every=min(0.05, secs / 20),
+              timeout=expect + 30)
+    row = {"name": name, "failed": res.failed, "wall": res.wall,
+           "total_cpu": res.cpu}
+    if not res.failed:
+        inside = [s for s in res.samples if lo <= s[0] <= hi]
+        if len(inside) >= 2:
+            (t0, c0, s0), (t1, c1, s1) = inside[0], inside[-1]
+            row["window"] = t1 - t0
+            row["cpu_ms_per_s"] = (c1 - c0) / 1e6 / (t1 - t0)
+            row["switches_per_s"] = (s1 - s0) / (t1 - t0)
+        else:
+            row["failed"] = "ended too early to sample the wait"
+        if res.wall < expect * 0.95:
+            row["failed"] = f"ended after {res.wall:.2f} s, expected {expect:.1f} s"
+    log(f"{tag}: {name}: " + (f"failed: {row['failed']}" if row.get("failed") else
+                       f"{row['cpu_ms_per_s']:.3f} ms CPU per s waited"))
+    return row
+
+
 def waiting(cfg):
     secs = cfg["g_secs"]
-    lo, hi = 0.15 * secs, 0.93 * secs
     rows = []
 
     def one(name, argv, env, expect):
-        res = run(argv, env=env, sampler=read_cpu, sample_every=min(0.05, secs / 20),
-                  timeout=expect + 30)
-        row = {"name": name, "failed": res.failed, "wall": res.wall,
-               "total_cpu": res.cpu}
-        if not res.failed:
-            inside = [s for s in res.samples if lo <= s[0] <= hi]
-            if len(inside) >= 2:
-                (t0, c0, s0), (t1, c1, s1) = inside[0], inside[-1]
-                row["window"] = t1 - t0
-                row["cpu_ms_per_s"] = (c1 - c0) / 1e6 / (t1 - t0)
-                row["switches_per_s"] = (s1 - s0) / (t1 - t0)
-            else:
-                row["failed"] = "ended too early to sample the wait"
-            if res.wall < expect * 0.95:
-                row["failed"] = f"ended after {res.wall:.2f} s, expected {expect:.1f} s"
-        rows.append(row)
-        log(f"g: {name}: " + (f"failed: {row['failed']}" if row.get("failed") else
-                              f"{row['cpu_ms_per_s']:.3f} ms CPU per s waited"))
+        rows.append(measure_wait("g", name, argv, env, expect, secs))
 
     s = f"{secs:g}"
     one(f"on a child: `jsrun -- sleep {s}`", [JSRUN, "--", SLEEP, s], ENV, secs)
@@ -666,6 +744,64 @@ def waiting(cfg):
         os.close(rd)
         os.close(wr)
     return rows
+
+
+# --------------------------------------------------------------------------
+# h. governing while nothing happens
+
+
+def governed_waiting(cfg):
+    """jsrun's own pool of 2 while its one job sleeps: with no limit (the governor only
+    follows the pool), and with each limit set so that it is looked at every 250 ms and
+    never exceeded."""
+    secs = cfg["g_secs"]
+    s = f"{secs:g}"
+    cases = [
+        ("no limit", []),
+        ("-l 99", ["-l", "99"]),
+        ("--min-memory-avail=1M", ["--min-memory-avail=1M"]),
+    ]
+    if os.path.exists("/proc/pressure/memory"):
+        cases.append(("--max-memory-pressure=99", ["--max-memory-pressure=99"]))
+    rows = []
+    for label, opts in cases:
+        argv = [JSRUN, "-j2", *opts, "--", SLEEP, s]
+        row = measure_wait("h", f"`jsrun -j2 {' '.join(opts) + ' ' if opts else ''}-- sleep {s}`",
+                           argv, ENV, secs, secs)
+        row["label"] = label
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------
+# i. token operations of a governed make, counted once
+
+
+def token_ops(cfg):
+    """Reads and writes of a token by make in one untimed run of i under strace -f:
+    (reads, writes), or None without strace."""
+    strace = shutil.which("strace")
+    if not strace:
+        return None
+    mk = os.path.join(WORK, "ij.mk")
+    out = os.path.join(WORK, "i-strace.txt")
+    res = run([JSRUN, "-j4", "--", strace, "-f", "-qq", "-e", "trace=read,write", "-o", out,
+               MAKE44, "-r", "-f", mk], timeout=cfg["timeout"])
+    if res.failed:
+        log(f"i: token count under strace failed: {res.failed}")
+        return None
+    reads = writes = 0
+    with open(out, errors="replace") as f:
+        for line in f:
+            # 12345 read(5, "+", 1)               = 1
+            if '"+", 1)' not in line or not line.rstrip().endswith("= 1"):
+                continue
+            if " read(" in line:
+                reads += 1
+            elif " write(" in line:
+                writes += 1
+    log(f"i: make read {reads} and wrote {writes} tokens (strace -f, untimed)")
+    return reads, writes
 
 
 # --------------------------------------------------------------------------
@@ -745,7 +881,8 @@ def jsrun_version():
     return rev or "?"
 
 
-def report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss, g_rows, strace_text, elapsed):
+def report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss, g_rows, strace_text, elapsed,
+           h_rows=(), ops=None):
     m = machine()
     L = []
     mode = "quick smoke run, numbers indicative only" if cfg["quick"] else "full run"
@@ -775,7 +912,8 @@ def report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss, g_rows, s
     L.append("")
     L.append("| workload | tool | wall | wall / ref | per round | CPU/job | CPU/job above floor | CPU / floor |")
     L.append("|---|---|---:|---:|---|---:|---:|---:|")
-    for w in workloads:
+    abcd = [w for w in workloads if w.key in "abcd"]
+    for w in abcd:
         floor = w.case("floor")
         floor_cpu = None
         if floor is not None and floor.runs:
@@ -810,7 +948,7 @@ def report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss, g_rows, s
     L.append("")
     L.append("Commands (VALUE files are one value per line):")
     L.append("")
-    for w in workloads:
+    for w in abcd:
         for case in w.cases:
             L.append(f"- {w.key}. {case.tool}: `{case.command()}`")
     L.append("")
@@ -948,6 +1086,88 @@ def report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss, g_rows, s
     L.append("")
 
     sections["g"] = (start, len(L))
+
+    # h, i, j
+    start = len(L)
+    L.append("## h-j: the governed pool (`jsrun -jN -- CMD`, no jobserver around)")
+    L.append("")
+    if h_rows:
+        L.append("### h: governing while nothing happens")
+        L.append("")
+        L.append("jsrun's own on-CPU time while its one job sleeps, per second waited (middle of the "
+                 "wait, as in g). A limit that is set is looked at every 250 ms; none is exceeded.")
+        L.append("")
+        L.append("| limit | wall | CPU per s waited | over no limit | context switches per s | total CPU |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        base = next((r for r in h_rows if r["label"] == "no limit" and not r.get("failed")), None)
+        for row in h_rows:
+            if row.get("failed"):
+                L.append(f"| {row['name']} | failed: {md_escape(row['failed'])} | | | | |")
+                targets.append(("h", f"< 1 ms CPU per s waited: {row['label']}", "failed", False))
+                continue
+            over = "-" if base is None or row is base else \
+                f"{row['cpu_ms_per_s'] - base['cpu_ms_per_s']:+.3f} ms"
+            L.append(f"| {row['name']} | {fmt_s(row['wall'])} | {fmt_ms(row['cpu_ms_per_s'], 3)} | "
+                     f"{over} | {row['switches_per_s']:.1f} | {fmt_ms(row['total_cpu'] * 1e3, 1)} |")
+            targets.append(("h", f"< 1 ms CPU per s waited: {row['label']}",
+                            f"{row['cpu_ms_per_s']:.3f} ms/s", row["cpu_ms_per_s"] < 1.0))
+        L.append("")
+    ij = [w for w in workloads if w.key in "ij"]
+    if ij:
+        L.append("### i, j: make in jsrun's pool")
+        L.append("")
+        L.append("Medians over the rounds. CPU = user+sys of the tool and all its children; "
+                 "own CPU = the top process alone (jsrun, or make alone), read from "
+                 "/proc/PID/schedstat as it exits. Ratios: to the row named in \"vs\", "
+                 "in the same round (median; per round listed).")
+        L.append("")
+        L.append("| workload | command | vs | wall | wall ratio | per round | CPU | CPU ratio | per round | own CPU |")
+        L.append("|---|---|---|---:|---:|---|---:|---:|---|---:|")
+        for w in ij:
+            for case in w.cases:
+                label = f"{w.key}. {w.title}" if case is w.cases[0] else ""
+                if case.failed and not case.runs:
+                    L.append(f"| {label} | {case.tool} | | failed: {md_escape(case.failed)} | | | | | | |")
+                    continue
+                st = pair_stats(w, case)
+                stats[(w.key, case.tool)] = st
+                tool = case.tool + (f" (failed in a later round: {md_escape(case.failed)})"
+                                    if case.failed else "")
+                L.append(f"| {label} | {tool} | {case.ref or ''} | {fmt_s(st['wall'])} | "
+                         f"{fmt_x(st['wall_ratio'])} | {' '.join(f'{x:.2f}' for x in st['wall_rounds'])} | "
+                         f"{fmt_s(st['cpu'])} | {fmt_x(st['cpu_ratio'])} | "
+                         f"{' '.join(f'{x:.2f}' for x in st['cpu_rounds'])} | {fmt_ms_s(st['own'])} |")
+        L.append("")
+        for w in ij:
+            for case in w.cases:
+                L.append(f"- {w.key}. {case.tool}: `{case.command()}`")
+        L.append("")
+        wi = next((w for w in ij if w.key == "i"), None)
+        if wi is not None:
+            n = wi.jobs
+            if ops:
+                count = sum(ops)
+                how = (f"counted with `strace -f` in one untimed run: make read {ops[0]:,} and "
+                       f"wrote {ops[1]:,} tokens")
+            else:
+                count = 2 * (n - 1)
+                how = "estimated as 2 per recipe beyond the first (strace not available)"
+            L.append(f"Token operations in i: {count:,} ({how}).")
+            L.append("")
+            make_alone = stats.get(("i", "make 4.4.1 -j4"))
+            for tool in ("jsrun -j4 -- make", "jsrun -j4 --trace T -- make"):
+                st = stats.get(("i", tool))
+                if not st or not make_alone or not count:
+                    continue
+                own = st["own"]
+                extra = st["cpu"] - make_alone["cpu"]
+                L.append(f"- `{tool}`: jsrun's own CPU {fmt_ms_s(own)} = "
+                         f"{fmt_us(None if own is None else own / count * US)} per token operation; "
+                         f"extra CPU over make alone (difference of medians, noisy) "
+                         f"{extra * 1e3:+.1f} ms = {extra / count * US:+.1f} us per token operation")
+            L.append("")
+
+    sections["hij"] = (start, len(L))
     ran = set(w.key for w in workloads) | set(cfg["only"])
     for key, (a, b) in sorted(sections.items(), key=lambda kv: -kv[1][0]):
         if not ran & set(key):
@@ -973,6 +1193,28 @@ def report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss, g_rows, s
     return "\n".join(L), stats, targets
 
 
+def pair_stats(w, case):
+    """Medians of one case of i or j, and its ratios to case.ref round by round."""
+    runs = case.runs
+    st = {"wall": median([x.wall for x in runs.values()]),
+          "cpu": median([x.cpu for x in runs.values()]),
+          "own": median([x.own_cpu for x in runs.values()]),
+          "wall_rounds": [], "cpu_rounds": [], "wall_ratio": None, "cpu_ratio": None}
+    ref = w.case(case.ref) if case.ref else None
+    if ref is not None:
+        common = [r for r in sorted(runs) if r in ref.runs]
+        st["wall_rounds"] = [runs[r].wall / ref.runs[r].wall for r in common]
+        st["cpu_rounds"] = [runs[r].cpu / ref.runs[r].cpu for r in common]
+        st["wall_ratio"] = median(st["wall_rounds"])
+        st["cpu_ratio"] = median(st["cpu_rounds"])
+    return st
+
+
+def fmt_ms_s(x):
+    """Seconds shown in ms."""
+    return "-" if x is None else f"{x * 1e3:.1f} ms"
+
+
 def w_ratio_between(w, slow, fast):
     """Median over rounds of wall(slow) / wall(fast)."""
     a, b = w.case(slow), w.case(fast)
@@ -991,18 +1233,18 @@ def main():
     ap = argparse.ArgumentParser(description="jsrun benchmark (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (< 60 s)")
     ap.add_argument("--rounds", type=int, help="rounds for workloads a-d")
-    ap.add_argument("--only", default="abcdefg", help="workloads to run, e.g. 'ae'")
+    ap.add_argument("--only", default="abcdefghij", help="workloads to run, e.g. 'ae'")
     ap.add_argument("--strace", action="store_true", help="add strace -c of jsrun in (a)")
     args = ap.parse_args()
 
     if args.quick:
         cfg = {"a_jobs": 300, "b_jobs": 200, "c_jobs": 80, "e_reps": 40,
                "f_sizes": [1000, 10000], "f_timeout": 60, "g_secs": 0.6, "rounds": 2,
-               "timeout": 60}
+               "timeout": 60, "ij_recipes": 300}
     else:
         cfg = {"a_jobs": 5000, "b_jobs": 2000, "c_jobs": 200, "e_reps": 300,
                "f_sizes": [1000, 100000], "f_timeout": 600, "g_secs": 3.0, "rounds": 5,
-               "timeout": 300}
+               "timeout": 300, "ij_recipes": 5000}
     if args.rounds:
         cfg["rounds"] = args.rounds
     cfg["quick"] = args.quick
@@ -1021,11 +1263,13 @@ def main():
     e_rows, e_check = startup(cfg) if "e" in args.only else ([], "not run")
     f_rows, true_rss = memory(cfg) if "f" in args.only else ([], 0)
     g_rows = waiting(cfg) if "g" in args.only else []
+    h_rows = governed_waiting(cfg) if "h" in args.only else []
+    ops = token_ops(cfg) if "i" in args.only else None
     strace_text = syscalls(cfg) if args.strace else None
     elapsed = time.monotonic() - start
 
     text, stats, targets = report(cfg, workloads, d_check, e_rows, e_check, f_rows, true_rss,
-                                  g_rows, strace_text, elapsed)
+                                  g_rows, strace_text, elapsed, h_rows=h_rows, ops=ops)
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.md"), "w") as f:
@@ -1037,7 +1281,8 @@ def main():
         "config": cfg, "machine": machine(),
         "workloads": {w.key: {c.tool: {"failed": c.failed, "runs": {r: x.as_dict() for r, x in c.runs.items()}}
                               for c in w.cases} for w in workloads},
-        "e": e_rows, "f": f_rows, "g": g_rows,
+        "e": e_rows, "f": f_rows, "g": g_rows, "h": h_rows,
+        "i_token_ops": None if ops is None else {"reads": ops[0], "writes": ops[1]},
         "targets": [{"workload": a, "target": b, "value": c, "ok": d} for a, b, c, d in targets],
     }
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
