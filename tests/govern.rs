@@ -23,6 +23,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
 use util::{
     Event, FifoJobserver, Log, Output, Probe, Running, Sandbox, Seen, entries, path_str, peak_of,
     shell_words, sorted, tokens_at,
@@ -636,6 +638,117 @@ fn make_grows_and_shrinks_with_sigusr1_and_sigusr2() {
         log.dump(),
         output.report()
     );
+}
+
+/// Writes into a fifo by anyone, as inotify reports them (IN_MODIFY on its inode).
+struct Writes(Inotify);
+
+impl Writes {
+    fn watch(fifo: &Path) -> Writes {
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).expect("inotify_init1");
+        inotify
+            .add_watch(fifo, AddWatchFlags::IN_MODIFY)
+            .unwrap_or_else(|err| panic!("watch {}: {err}", fifo.display()));
+        Writes(inotify)
+    }
+
+    /// Whether anything was written since the last call.
+    fn any(&self) -> bool {
+        let mut any = false;
+        while let Ok(events) = self.0.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+/// How many times the pool is shrunk and grown again while full.
+const CYCLES: usize = 5;
+
+/// `jsrun -v -j3 -- make` with a1, a2, a3 at a barrier (all 3 slots busy) and x1..x5
+/// waiting for a token. SIGUSR2 while both tokens are out (one is to be retired when it
+/// comes back), then SIGUSR1: the pool is back at 3 slots, which a1, a2, a3 fill, so
+/// the slot added must cancel the retirement, and nothing may be written into the pool
+/// while the three run: a token there is one more than the pool has slots, and make,
+/// waiting for one, takes it when it wins the race with jsrun's own retirement (the
+/// test also checks that no x started). Each time, the test waits until the pool is
+/// empty and make waits (for a token or a child), then asks inotify whether anything
+/// was written into the fifo.
+#[test]
+fn a_slot_added_after_one_was_removed_does_not_overfill_the_pool() {
+    let sandbox = Sandbox::new();
+    let a = sandbox.join("a");
+    let mut rules: Vec<Rule> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|id| {
+            let probe = sandbox.probe().id(id).barrier_deadline(&a, 4, 30_000);
+            rule(id, &[], &probe)
+        })
+        .collect();
+    let xs: Vec<String> = (1..=CYCLES).map(|n| format!("x{n}")).collect();
+    for x in &xs {
+        rules.push(rule(x, &[], &sandbox.probe().id(x)));
+    }
+    let mut goals = vec!["a1", "a2", "a3"];
+    goals.extend(xs.iter().map(String::as_str));
+    write_makefile(&sandbox, &goals, &rules);
+    let mut running = sandbox
+        .jsrun()
+        .args(["-v", "-j3", "--"])
+        .arg(util::make44())
+        .deadline(Duration::from_secs(30))
+        .spawn();
+    let log = sandbox.log();
+    running.wait_until("a1, a2, a3 at their barrier", || entries(&a) == 3);
+    let jsrun = running.pid();
+    let fifo = served_fifo(jsrun).expect("jsrun's fifo");
+    let writes = Writes::watch(&fifo);
+    let make = *util::children(jsrun as u32).first().expect("make");
+    let stderr = running.stderr_path();
+    let said = |what: &str| {
+        fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    };
+    let mut overfilled = Vec::new();
+    for cycle in 1..=CYCLES {
+        writes.any();
+        running.signal(libc::SIGUSR2);
+        running.wait_until("SIGUSR2 said", || {
+            said("jsrun: SIGUSR2: 2 slots\n") == cycle
+        });
+        running.signal(libc::SIGUSR1);
+        running.wait_until("SIGUSR1 said", || {
+            said("jsrun: SIGUSR1: 3 slots\n") == cycle
+        });
+        running.wait_until("make to wait with the pool empty", || {
+            tokens_at(&fifo) == 0
+                && util::blocked_in(make)
+                    .is_some_and(|nr| util::is_poll(nr) || nr == libc::SYS_wait4)
+        });
+        let written = writes.any();
+        let started = log.started();
+        if written || started.len() > 3 {
+            overfilled.push((cycle, written, started));
+        }
+    }
+    release(&a);
+    let output = running.wait();
+    assert!(
+        overfilled.is_empty(),
+        "the pool got a token while its 3 slots were busy, in (cycle, written, jobs \
+         started): {overfilled:?}\n{}\n{}",
+        log.dump(),
+        output.report()
+    );
+    output.success().stderr_lacks("warning");
+    assert_eq!(log.peak(), 3, "{}\n{}", log.dump(), output.report());
+    assert_eq!(log.finished().len(), 3 + CYCLES, "{}", log.dump());
 }
 
 // ---------------------------------------------------------------------------
