@@ -1010,7 +1010,9 @@ fn stats_pool_line_and_trace_counters_follow_the_tree() {
 /// job runs: the `held back` track starts at 2 (every token) and steps down 2, 1, 0 only
 /// after the test met the limit, one token at a time; `slots in use` stays at 1 while
 /// held (make in the implicit slot) and reaches 3 with p1..p3 (which stay 200 ms
-/// together); the pool line says `held back up to 2` for as long as the track shows.
+/// together: a moment of three is not always seen, see
+/// `the_trace_sees_every_moment_all_slots_are_busy`); the pool line says `held back up
+/// to 2` for as long as the track shows.
 #[test]
 fn held_back_tokens_show_in_the_trace_and_the_pool_line() {
     let sandbox = Sandbox::new();
@@ -1097,6 +1099,65 @@ fn held_back_tokens_show_in_the_trace_and_the_pool_line() {
     assert!(
         (for_secs - shown).abs() <= 0.1,
         "held back for {for_secs}s by the pool line, {shown:.3}s by the trace"
+    );
+}
+
+/// Rounds of three jobs that meet at a barrier and end at once.
+const ROUNDS: usize = 100;
+
+/// `jsrun -j3 --stats --trace T -- make` with 100 rounds: in each, three jobs meet at a
+/// barrier and end at once, and the next round starts when all three have ended. By
+/// their own timestamps three ran at once in every round, if only for a moment; the
+/// `slots in use` track must reach 3 in every round (100 times, with make alone at 1
+/// in between), and the pool line must say `peak 3`.
+///
+/// It does not: the governor reads the pool's level when it wakes up after inotify
+/// events, and a token read and given back again before it looks is never seen (on 2
+/// busy cores, about 3 rounds in 100 are missed; a run of 3 jobs at once that lasted
+/// 0.4 ms made the pool line say `peak 2`). Ignored until the contract's "following
+/// every change of the pool" is met or relaxed: `cargo test --test govern -- --ignored`.
+#[test]
+#[ignore = "the governor misses a peak that comes and goes between two of its wake-ups"]
+fn the_trace_sees_every_moment_all_slots_are_busy() {
+    let sandbox = Sandbox::new();
+    let mut rules = Vec::new();
+    let mut previous: Vec<String> = Vec::new();
+    for round in 1..=ROUNDS {
+        let dir = sandbox.join(format!("r{round}"));
+        let ids: Vec<String> = (1..=3).map(|n| format!("r{round}-{n}")).collect();
+        for id in &ids {
+            let after: Vec<&str> = previous.iter().map(String::as_str).collect();
+            rules.push(rule(id, &after, &sandbox.probe().id(id).barrier(&dir, 3)));
+        }
+        previous = ids;
+    }
+    let goals: Vec<&str> = previous.iter().map(String::as_str).collect();
+    write_makefile(&sandbox, &goals, &rules);
+    let running = sandbox
+        .jsrun()
+        .args(["-j3", "--stats", "--trace", "trace.json", "--"])
+        .arg(util::make44())
+        .spawn();
+    let output = running.wait();
+    output.success().stderr_lacks("warning");
+    let log = sandbox.log();
+    assert_eq!(log.finished().len(), 3 * ROUNDS, "{}", log.dump());
+    for round in 1..=ROUNDS {
+        let prefix = format!("r{round}-");
+        let events = phase(&log, |id| id.starts_with(&prefix));
+        assert_eq!(peak_of(&events), 3, "round {round}\n{}", log.dump());
+    }
+    let trace = counters(&sandbox.join("trace.json"));
+    let in_use: Vec<&Counter> = trace.iter().filter(|c| c.name == "slots in use").collect();
+    let steps = steps(&in_use);
+    let visits = steps.iter().filter(|(_, value)| *value == 3).count();
+    let line = pool_line(&output.stderr);
+    assert_eq!(
+        (visits, line.peak),
+        (ROUNDS, 3),
+        "times the slots in use track reached 3, and the pool line's peak, in {ROUNDS} \
+         rounds of 3 jobs at once\n{steps:?}\n{}",
+        output.report()
     );
 }
 
