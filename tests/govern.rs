@@ -487,6 +487,124 @@ fn crate_client_held_back_by_memory_pressure() {
     governed_crate_client(Limit::Pressure);
 }
 
+/// The last moment after `after` (ns since the epoch) at which more than one job ran,
+/// and how many jobs started after that moment (or after `after`) and have ended.
+fn one_at_a_time_since(events: &[Event], after: u128) -> (Option<u128>, usize) {
+    let mut edges: Vec<(u128, i32)> = events
+        .iter()
+        .map(|e| (e.nanos, if e.start { 1 } else { -1 }))
+        .collect();
+    edges.sort();
+    let mut running = 0;
+    let mut last = None;
+    for (nanos, delta) in edges {
+        running += delta;
+        if running > 1 && nanos > after {
+            last = Some(nanos);
+        }
+    }
+    let since = last.unwrap_or(after);
+    let ended = events
+        .iter()
+        .filter(|e| e.start && e.nanos > since)
+        .filter(|e| events.iter().any(|end| !end.start && end.id == e.id))
+        .count();
+    (last, ended)
+}
+
+/// Now, in the probes' clock: ns since the epoch.
+fn epoch_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_nanos()
+}
+
+/// How long the tree may take to fall to one job once a limit is exceeded while every
+/// slot is busy ("within a few seconds").
+const CONVERGE: Duration = Duration::from_secs(3);
+
+/// `jsrun -j4 -l 2 -- PEER` with 60 independent recipes of 50 ms and the load below the
+/// limit: they run four at a time. After 8 have ended the test puts the load over the
+/// limit. The governor races the peer for every token that comes back and must win
+/// them all within [`CONVERGE`]: from then on the recipes run one at a time (the test
+/// waits for 6 in a row), then it meets the limit again and the build ends with every
+/// token back.
+fn falls_to_one_job_when_a_limit_is_exceeded_mid_run(peer: Peer) {
+    let sandbox = Sandbox::new();
+    let limit = Limit::Load;
+    let proc = limit.proc_dir(&sandbox);
+    limit.set(&proc, false);
+    let ids: Vec<String> = (1..=60).map(|n| format!("j{n}")).collect();
+    let rules: Vec<Rule> = ids
+        .iter()
+        .map(|id| rule(id, &[], &sandbox.probe().id(id).sleep_ms(50)))
+        .collect();
+    let goals: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let command = match peer {
+        Peer::Make44 => {
+            write_makefile(&sandbox, &goals, &rules);
+            util::make44()
+        }
+        Peer::Make43 => {
+            write_makefile(&sandbox, &goals, &rules);
+            util::make43()
+        }
+        Peer::Ninja => {
+            write_ninja(&sandbox, &goals, &rules);
+            util::ninja()
+        }
+    };
+    let mut running = sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", &proc)
+        .arg(format!("-j{SLOTS}"))
+        .args(limit.options())
+        .arg("--")
+        .arg(command)
+        .deadline(Duration::from_secs(30))
+        .spawn();
+    let log = sandbox.log();
+    running.wait_until("8 recipes to end", || log.finished().len() >= 8);
+    let exceeded = epoch_nanos();
+    limit.set(&proc, true);
+    running.wait_until("6 recipes in a row one at a time", || {
+        one_at_a_time_since(&log.events(), exceeded).1 >= 6
+    });
+    limit.set(&proc, false);
+    let output = running.wait();
+    output.success().stderr_lacks("warning");
+    assert_eq!(log.finished().len(), 60, "{}", log.dump());
+    let before: Vec<Event> = log
+        .events()
+        .into_iter()
+        .filter(|e| e.nanos < exceeded)
+        .collect();
+    assert_eq!(peak_of(&before), SLOTS, "{}", log.dump());
+    let (last, _) = one_at_a_time_since(&log.events(), exceeded);
+    let took = Duration::from_nanos(last.map_or(0, |l| (l - exceeded) as u64));
+    assert!(
+        took < CONVERGE,
+        "{peer:?}: jobs still ran side by side {took:?} after the limit was exceeded\n{}",
+        log.dump()
+    );
+}
+
+#[test]
+fn make44_falls_to_one_job_when_a_limit_is_exceeded_mid_run() {
+    falls_to_one_job_when_a_limit_is_exceeded_mid_run(Peer::Make44);
+}
+
+#[test]
+fn make43_falls_to_one_job_when_a_limit_is_exceeded_mid_run() {
+    falls_to_one_job_when_a_limit_is_exceeded_mid_run(Peer::Make43);
+}
+
+#[test]
+fn ninja_falls_to_one_job_when_a_limit_is_exceeded_mid_run() {
+    falls_to_one_job_when_a_limit_is_exceeded_mid_run(Peer::Ninja);
+}
+
 // ---------------------------------------------------------------------------
 // 2. Under someone else's pool
 
