@@ -106,8 +106,14 @@ impl Report {
 
     /// A token was read after waiting since `since` (`None`: it was there at once).
     pub fn token_acquired(&mut self, since: Option<Instant>) {
-        let waited = since.map_or(Duration::ZERO, |t| t.elapsed());
         self.stats.tokens += 1;
+        self.waited(since);
+    }
+
+    /// A job waited for a token since `since` and got a slot (a token, or the implicit
+    /// slot that came free first): the wait is booked either way.
+    pub fn waited(&mut self, since: Option<Instant>) {
+        let waited = since.map_or(Duration::ZERO, |t| t.elapsed());
         self.stats.token_wait += waited;
         self.stats.longest_token_wait = self.stats.longest_token_wait.max(waited);
         if let (Some(trace), Some(since)) = (&mut self.trace, since) {

@@ -133,7 +133,14 @@ impl<'a> Supervisor<'a> {
         loop {
             self.steer
                 .tick(Instant::now(), self.ledger.implicit_busy(), self.report);
+            let started = self.crew.jobs.len();
             let wants = self.start_jobs();
+            if self.crew.jobs.len() != started {
+                // The pool's level now, with jsrun's own jobs in it (the first one holds
+                // the implicit slot, which no read or write of the pool shows).
+                self.steer
+                    .tick(Instant::now(), self.ledger.implicit_busy(), self.report);
+            }
             let feed_done = self.plan.feed.is_done() && self.pending.is_none() && !self.plan.serve;
             if self.crew.jobs.is_empty()
                 && (self.verdict.halted() || feed_done)
@@ -218,7 +225,10 @@ impl<'a> Supervisor<'a> {
         for _ in slots.iter().filter(|slot| slot.is_token()) {
             self.report.token_acquired(self.waiting_since.take());
         }
-        self.waiting_since = None;
+        // A wait that the implicit slot ended, when it came free before a token did.
+        if let Some(since) = self.waiting_since.take() {
+            self.report.waited(Some(since));
+        }
         Some(slots)
     }
 

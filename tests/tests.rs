@@ -12,6 +12,7 @@ mod crate_peer;
 mod emerge;
 mod faults;
 mod fuzz;
+mod govern;
 mod make;
 mod observe;
 mod output;

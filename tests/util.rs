@@ -1274,3 +1274,90 @@ pub fn sleeps_in_poll(pid: i32) -> bool {
             .is_ok_and(|wchan| wchan.contains("poll")),
     }
 }
+
+// ---------------------------------------------------------------------------
+// The governed pool: token counts, blocked processes, clocks (tests/govern.rs)
+
+/// Bytes waiting in the pipe open at `fd` (FIONREAD): tokens in a pool, or
+/// what a command has not read yet of its standard input.
+pub fn unread(fd: RawFd) -> usize {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer given.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut pending) };
+    assert_eq!(rc, 0, "FIONREAD on fd {fd}: {}", io::Error::last_os_error());
+    pending as usize
+}
+
+/// Tokens in the pool at `path` now: a fifo, or `/proc/PID/fd/N` for a pipe
+/// another process holds. Opened read-only and non-blocking, so the open
+/// never waits; nothing is read, so no process sees a token go.
+#[track_caller]
+pub fn tokens_at(path: &Path) -> usize {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+    unread(file.as_raw_fd())
+}
+
+impl FifoJobserver {
+    /// Tokens in the pool now, none taken out.
+    pub fn level(&self) -> usize {
+        unread(self.fd.as_raw_fd())
+    }
+}
+
+/// The system call process `pid`'s main thread is blocked in, by number
+/// (`/proc/PID/syscall`); `None` while it runs or once it is gone.
+pub fn blocked_in(pid: u32) -> Option<i64> {
+    blocked_syscall(pid as i32)
+}
+
+/// Whether `nr` is one of the calls a process waits for descriptors in.
+pub fn is_poll(nr: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if nr == libc::SYS_poll || nr == libc::SYS_select {
+        return true;
+    }
+    nr == libc::SYS_ppoll || nr == libc::SYS_pselect6
+}
+
+/// The children of process `pid` now (its main thread's).
+pub fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect()
+}
+
+/// CLOCK_MONOTONIC in µs, the clock of `--trace` timestamps.
+pub fn monotonic_us() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
+    ts.tv_sec as u128 * 1_000_000 + ts.tv_nsec as u128 / 1000
+}
+
+/// How to turn a probe's timestamp (ns since the epoch) into µs of
+/// CLOCK_MONOTONIC: the difference of the two clocks, read back to back.
+pub fn epoch_minus_monotonic_us() -> i128 {
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_micros() as i128;
+    epoch - monotonic_us() as i128
+}
+
+/// Writes `text` to `path` atomically (a temporary name, then a rename), as
+/// a reader that opens the file at any moment must see it whole.
+pub fn write_atomically(path: &Path, text: &str) {
+    let partial = path.with_extension("partial");
+    fs::write(&partial, text).unwrap_or_else(|err| panic!("write {}: {err}", partial.display()));
+    fs::rename(&partial, path).unwrap_or_else(|err| panic!("rename to {}: {err}", path.display()));
+}
