@@ -225,6 +225,12 @@ impl Governor {
     }
 
     /// Writes back the missing tokens when nobody but jsrun holds the pool open.
+    ///
+    /// The level and the holders cannot be read at one instant, so both are read twice,
+    /// holders around each level: a token counted missing at the first level was taken
+    /// before it, by a process that still holds the pool at the second scan unless it gave
+    /// the token back, which the second level then shows. Only tokens missing both times
+    /// with nobody holding the pool either time are written back.
     fn reclaim(
         &mut self,
         client: &Client,
@@ -232,25 +238,30 @@ impl Governor {
         now: Instant,
         events: &mut Vec<Event>,
     ) {
-        let Ok(free) = client.available() else {
-            return;
-        };
-        let tokens = self.slots - self.implicit + self.retire;
-        let missing = tokens.saturating_sub(free + self.held.len());
-        if missing == 0 {
-            return;
-        }
         let Ok(stat) = nix::sys::stat::fstat(client.fd()) else {
             return;
         };
         let me = std::process::id();
-        if crate::sys::holders((stat.st_dev, stat.st_ino))
-            .iter()
-            .any(|h| h.pid != me)
-        {
+        let alone = || {
+            crate::sys::holders((stat.st_dev, stat.st_ino))
+                .iter()
+                .all(|h| h.pid == me)
+        };
+        let tokens = self.slots - self.implicit + self.retire;
+        let missing = || {
+            client
+                .available()
+                .map(|free| tokens.saturating_sub(free + self.held.len()))
+                .unwrap_or(0)
+        };
+        if missing() == 0 || !alone() {
             return;
         }
-        let written = (0..missing)
+        let first = missing();
+        if first == 0 || !alone() {
+            return;
+        }
+        let written = (0..first.min(missing()))
             .take_while(|_| client.release(TOKEN).is_ok())
             .count();
         if written > 0 {

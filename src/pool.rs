@@ -132,33 +132,41 @@ impl Pool {
                     cap,
                 ))
             }
-            // make's rule for a sub-make whose jobserver is gone: one job at a time. A pool
-            // of jsrun's own here would multiply the parent's -j. Only a stale leftover in
-            // CARGO_MAKEFLAGS or MFLAGS, which make does not read, gives way to -jN.
-            Err(e) => {
-                let serve = match config.jobs {
-                    Some(n) if found.var != "MAKEFLAGS" => Some(n),
-                    _ => None,
-                };
-                let fallback = match serve {
-                    Some(n) => format!("creating a jobserver with {n} slots (-j{n})"),
-                    None => "running one job at a time".into(),
-                };
-                let hint = match e.hint() {
-                    "" => String::new(),
-                    hint => format!(" {hint}"),
-                };
-                crate::say!(
-                    "jsrun: warning: jobserver unavailable: {e} ({} has \
-                     --jobserver-auth={}); {fallback}.{hint}",
-                    found.var,
-                    found.auth
-                );
-                match serve {
-                    Some(n) => Ok((Pool::serve(config, n, template)?, n)),
-                    None => Ok((Pool::Alone, 1)),
-                }
-            }
+            Err(e) => Pool::unusable(config, &found, &e, template),
+        }
+    }
+
+    /// The jobserver `found` in the environment cannot be used: make's rule for a sub-make
+    /// whose jobserver is gone, one job at a time. A pool of jsrun's own here would
+    /// multiply the parent's -j. Only a stale leftover in CARGO_MAKEFLAGS or MFLAGS, which
+    /// make does not read, gives way to -jN.
+    fn unusable(
+        config: &Config,
+        found: &Found,
+        e: &OpenError,
+        template: &Template,
+    ) -> Result<(Pool, usize)> {
+        let serve = match config.jobs {
+            Some(n) if found.var != "MAKEFLAGS" => Some(n),
+            _ => None,
+        };
+        let fallback = match serve {
+            Some(n) => format!("creating a jobserver with {n} slots (-j{n})"),
+            None => "running one job at a time".into(),
+        };
+        let hint = match e.hint() {
+            "" => String::new(),
+            hint => format!(" {hint}"),
+        };
+        crate::say!(
+            "jsrun: warning: jobserver unavailable: {e} ({} has --jobserver-auth={}); \
+             {fallback}.{hint}",
+            found.var,
+            found.auth
+        );
+        match serve {
+            Some(n) => Ok((Pool::serve(config, n, template)?, n)),
+            None => Ok((Pool::Alone, 1)),
         }
     }
 
@@ -267,6 +275,21 @@ impl Pool {
             }
             Pool::Alone => Some(1),
             Pool::Given(_) => None,
+        }
+    }
+
+    /// The slots each job takes under `--weight=K`: K, or the pool's size (said once) when
+    /// K is more, since a job that needs more slots than the pool has would wait for ever.
+    pub fn weight(&self, k: usize, jobs: Option<usize>) -> usize {
+        match self.size().or(jobs) {
+            Some(n) if k > n => {
+                crate::say!(
+                    "jsrun: warning: --weight={k} is more than the pool's {n} slots; each job \
+                     takes {n}"
+                );
+                n
+            }
+            _ => k,
         }
     }
 

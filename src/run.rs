@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{self, Config, Input, OutputSync};
+use crate::cli::{self, Config, Input};
 use crate::info;
 use crate::jobs::feed::{Feed, Next};
 use crate::jobs::source::{self, Source};
@@ -18,8 +18,9 @@ use crate::output::Output;
 use crate::pool::{Inherited, Pool};
 use crate::report::{Report, Sinks};
 use crate::say;
+use crate::server::Mismatch;
 use crate::status::{self, Status};
-use crate::supervise::{self, Plan};
+use crate::supervise::{self, Outcome, Plan};
 use crate::sys::{self, Signals};
 
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Status {
@@ -68,57 +69,21 @@ fn execute(config: &Config) -> Result<Status> {
     // so an interrupt at any point still removes the fifo and gives every token back.
     let signals = Signals::new().context("cannot set up signal handling")?;
     let (pool, cap) = Pool::new(config, inherited, &pool_args)?;
-    // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached.
-    let slots = pool.slots(cap);
-    let total = match &config.input {
-        Input::None => Some(1),
-        Input::Values(values) => Some(values.len()),
-        _ => None,
-    };
-    let mut report = Report::new(&Sinks {
-        joblog: config.joblog.as_deref(),
-        trace: config.trace.as_deref(),
-        progress: config.progress,
-        total,
-    })?;
-    let mut output = Output::new(config.output_sync, config.tag);
-    // A job cannot need more slots than the pool has: it would wait for ever.
-    let pool_size = pool.size().or(config.jobs);
-    let weight = match pool_size {
-        Some(n) if config.weight > n => {
-            crate::say!(
-                "jsrun: warning: --weight={} is more than the pool's {n} slots; each job takes {n}",
-                config.weight
-            );
-            n
-        }
-        _ => config.weight,
-    };
     let plan = Plan {
         feed,
         cap,
-        weight,
+        weight: pool.weight(config.weight, config.jobs),
         keep_going: config.keep_going,
         limits: config.limits,
         verbose: config.verbose,
         serve: false,
     };
-    let outcome = supervise::run(plan, &pool, &signals, &mut report, &mut output);
-    let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
-    // Counts an own pool's tokens (held-back ones as present) and removes its fifo and
-    // directory.
-    if let Some(warning) = pool.close(governed.map(|g| (g.held, g.expected))) {
-        crate::say!("jsrun: warning: {warning}");
-    }
-    report.close();
-    let outcome = outcome?;
-    if config.stats {
-        let slots = outcome.governed.as_ref().map_or(slots, |g| Some(g.slots));
-        report.print_stats(slots);
-        if let Some(governed) = &outcome.governed {
-            report.print_pool(governed.slots, &governed.view);
-        }
-    }
+    let total = match &config.input {
+        Input::None => Some(1),
+        Input::Values(values) => Some(values.len()),
+        _ => None,
+    };
+    let (outcome, _) = supervise_pool(config, pool, plan, &signals, total)?;
     Ok(outcome.status)
 }
 
@@ -131,13 +96,6 @@ fn serve(config: &Config, path: &Path) -> Result<Status> {
         None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
     };
     let pool = Pool::serve_at(config, path, n)?;
-    let mut report = Report::new(&Sinks {
-        joblog: None,
-        trace: config.trace.as_deref(),
-        progress: false,
-        total: None,
-    })?;
-    let mut output = Output::new(OutputSync::None, false);
     let plan = Plan {
         feed: Feed::new(Template::parse(&[], false), Source::none(), false, None),
         cap: 0,
@@ -147,23 +105,51 @@ fn serve(config: &Config, path: &Path) -> Result<Status> {
         weight: 1,
         serve: true,
     };
-    let outcome = supervise::run(plan, &pool, &signals, &mut report, &mut output);
-    let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
-    let mismatch = pool.close(governed.map(|g| (g.held, g.expected)));
-    report.close();
-    let outcome = outcome?;
-    if let Some(mismatch) = &mismatch {
-        crate::say!("jsrun: warning: {mismatch}");
-    }
-    if config.stats
-        && let Some(governed) = &outcome.governed
-    {
-        report.print_pool(governed.slots, &governed.view);
-    }
+    let (_, mismatch) = supervise_pool(config, pool, plan, &signals, None)?;
     Ok(match mismatch {
         Some(m) if m.missing() => Status::Code(1),
         _ => Status::SUCCESS,
     })
+}
+
+/// Runs the loop over `pool`, then counts an own pool's tokens (held-back ones as present)
+/// and removes its fifo, and prints what `--stats` asks for. Returns what the loop came to
+/// and what the count found.
+fn supervise_pool(
+    config: &Config,
+    pool: Pool,
+    plan: Plan,
+    signals: &Signals,
+    total: Option<usize>,
+) -> Result<(Outcome, Option<Mismatch>)> {
+    // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached.
+    let slots = pool.slots(plan.cap);
+    let serve = plan.serve;
+    let mut report = Report::new(&Sinks {
+        joblog: config.joblog.as_deref(),
+        trace: config.trace.as_deref(),
+        progress: config.progress && !serve,
+        total,
+    })?;
+    let mut output = Output::new(config.output_sync, config.tag);
+    let outcome = supervise::run(plan, &pool, signals, &mut report, &mut output);
+    let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
+    let mismatch = pool.close(governed.map(|g| (g.held, g.expected)));
+    if let Some(mismatch) = &mismatch {
+        crate::say!("jsrun: warning: {mismatch}");
+    }
+    report.close();
+    let outcome = outcome?;
+    if config.stats {
+        if !serve {
+            let slots = outcome.governed.as_ref().map_or(slots, |g| Some(g.slots));
+            report.print_stats(slots);
+        }
+        if let Some(governed) = &outcome.governed {
+            report.print_pool(governed.slots, &governed.view);
+        }
+    }
+    Ok((outcome, mismatch))
 }
 
 /// The template and job source the command line describes; `true` for command lines run

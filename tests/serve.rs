@@ -283,7 +283,7 @@ fn make_and_a_jobserver_crate_client_share_the_served_pool() {
     let log = sandbox.log();
     assert_eq!(log.finished().len(), 5, "{}", log.dump());
     assert_eq!(log.peak(), 5, "{}", log.dump());
-    assert_eq!(free_tokens(&path), 3);
+    assert_eq!(free_tokens(&path), 3, "{}", stderr_of(&running));
     running.signal(libc::SIGTERM);
     running.wait().success().stderr_lacks("warning");
 }
