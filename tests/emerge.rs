@@ -11,14 +11,17 @@
 //! the test expects have arrived ([`Prefix::expect_at_once`]): the peak does
 //! not depend on how fast emerge starts builds on a busy machine.
 //!
-//! Self-contained on purpose (no `mod util;`). The tests take one lock, so
-//! the emerge runs never overlap: on two cores they would slow each other down
-//! and blur the peaks.
+//! The prefixes and the emerge runs have a harness of their own here; from
+//! `crate::util` come only the peers it shares and, for the served pool, its
+//! `Sandbox`. The tests take one lock, so the emerge runs of different tests
+//! never overlap: on two cores they would slow each other down and blur the
+//! peaks. The one test that runs two emerges at once makes them meet at a
+//! shared barrier and measures their combined peak from both logs.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -269,6 +272,105 @@ fn emerge_with_jobserver_only_in_make_conf_uses_one_slot_less() {
     assert_eq!(prefix.peak(&out), 3, "3 tokens, no implicit slot\n{out}");
 }
 
+/// Two emerges at the same time, each in its own prefix, on one
+/// `jsrun --serve=PATH -j4` pool that both know from make.conf only (as in
+/// README's Gentoo set-up): neither has MAKEFLAGS in its environment, so
+/// neither has an implicit slot and every build reads a token. Together they
+/// run exactly 4 builds at once, never 5; the first 4 builds of both meet at
+/// one barrier directory, so 4 at once really happens. Afterwards the pool
+/// holds its 4 tokens again, and SIGTERM ends the daemon with 0, no warning,
+/// and no fifo left.
+#[test]
+fn two_emerges_share_a_served_pool() {
+    let _serial = serial();
+    let sandbox = crate::util::Sandbox::new();
+    let pool = sandbox.join("pool");
+    let mut daemon = sandbox
+        .jsrun()
+        .arg("-v")
+        .arg(format!("--serve={}", pool.display()))
+        .arg("-j4")
+        // Outlives both emerges, each of which may take up to DEADLINE.
+        .deadline(3 * DEADLINE)
+        .spawn();
+    let daemon_stderr = daemon.stderr_path();
+    daemon.wait_until("the served fifo", || {
+        fs::read_to_string(&daemon_stderr).is_ok_and(|e| e.contains("serving"))
+    });
+    assert_eq!(
+        tokens_in(&pool),
+        4,
+        "tokens in the served fifo at the start"
+    );
+
+    let makeflags = format!("-j4 --jobserver-auth=fifo:{}", pool.display());
+    let barrier = sandbox.join("barrier");
+    fs::create_dir(&barrier).expect("mkdir barrier");
+    let prefixes = ["share-a", "share-b"].map(|name| {
+        let prefix = Prefix::new(name);
+        prefix.expect_at_once(4);
+        prefix.share_barrier(&barrier);
+        prefix.add_to_make_conf(&format!("MAKEFLAGS=\"{makeflags}\"\n"));
+        prefix
+    });
+    let emerges: Vec<Running> = prefixes
+        .iter()
+        .map(|prefix| {
+            let mut cmd = prefix.command(emerge());
+            cmd.args(prefix.emerge_args());
+            Running::start(&mut cmd, prefix)
+        })
+        .collect();
+    let outs: Vec<Output> = emerges.into_iter().map(Running::wait).collect();
+    let report = outs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+
+    let mut events = Vec::new();
+    for (prefix, out) in prefixes.iter().zip(&outs) {
+        out.assert_success();
+        let seen = prefix.makeflags(out);
+        assert_eq!(
+            jobserver_fifo(&seen).as_deref(),
+            Some(pool.as_path()),
+            "{}: the builds must see the served fifo, MAKEFLAGS {seen:?}\n{out}",
+            prefix.name
+        );
+        assert!(
+            !out.stderr.contains("jobserver"),
+            "{}: emerge reports a jobserver problem\n{out}",
+            prefix.name
+        );
+        events.extend(prefix.events(out));
+    }
+    let peak = peak_of(events);
+    eprintln!("both prefixes: at most {peak} builds at once");
+    let logs = prefixes
+        .iter()
+        .map(|p| format!("{}:\n{}", p.name, p.log("builds")))
+        .collect::<String>();
+    assert_eq!(
+        peak, 4,
+        "the pool's 4 tokens, no implicit slot in either emerge\n{logs}\n{report}"
+    );
+    assert_eq!(
+        tokens_in(&pool),
+        4,
+        "tokens in the served fifo after both emerges\n{report}"
+    );
+
+    daemon.signal(libc::SIGTERM);
+    let end = daemon.wait();
+    end.success().stderr_lacks("warning");
+    assert!(
+        !pool.exists(),
+        "the daemon left its fifo {}",
+        pool.display()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Peers
 
@@ -489,6 +591,14 @@ impl Prefix {
     /// The most builds that ran at once, after checking every package built
     /// exactly once.
     fn peak(&self, out: &Output) -> usize {
+        let peak = peak_of(self.events(out));
+        eprintln!("{}: at most {peak} builds at once", self.name);
+        peak
+    }
+
+    /// The builds' starts and ends, `(ns, is_start)`, after checking every
+    /// package built exactly once.
+    fn events(&self, out: &Output) -> Vec<(u128, bool)> {
         let log = self.log("builds");
         let mut events = Vec::new();
         let mut seen: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -506,7 +616,6 @@ impl Prefix {
                 "end" => entry.1 += 1,
                 _ => panic!("bad log line {line:?}\n{out}"),
             }
-            // At equal times an end sorts before a start: no false overlap.
             events.push((ns, kind == "start"));
         }
         let expected: BTreeMap<&str, (usize, usize)> =
@@ -515,19 +624,56 @@ impl Prefix {
             seen, expected,
             "every package must build once\nlog:\n{log}\n{out}"
         );
-        events.sort_unstable();
-        let (mut now, mut peak) = (0usize, 0usize);
-        for (_, start) in events {
-            if start {
-                now += 1;
-                peak = peak.max(now);
-            } else {
-                now -= 1;
-            }
-        }
-        eprintln!("{}: at most {peak} builds at once", self.name);
-        peak
+        events
     }
+
+    /// Makes this prefix's builds meet at `dir` (log/barrier becomes a link to
+    /// it), with the builds of every other prefix linked there too.
+    fn share_barrier(&self, dir: &Path) {
+        symlink(dir, self.root.join("log/barrier")).expect("link log/barrier");
+    }
+
+    fn add_to_make_conf(&self, text: &str) {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.root.join("etc/portage/make.conf"))
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .expect("append to make.conf");
+    }
+}
+
+/// The most builds at once in `(ns, is_start)` events, from one log or
+/// several (the times are CLOCK_REALTIME, comparable across prefixes).
+fn peak_of(mut events: Vec<(u128, bool)>) -> usize {
+    // At equal times an end sorts before a start: no false overlap.
+    events.sort_unstable();
+    let (mut now, mut peak) = (0usize, 0usize);
+    for (_, start) in events {
+        if start {
+            now += 1;
+            peak = peak.max(now);
+        } else {
+            now -= 1;
+        }
+    }
+    peak
+}
+
+/// Tokens in a fifo now, counted without taking any: FIONREAD on a
+/// read-only non-blocking description of it (the pool's owner keeps it open,
+/// so closing this one loses nothing).
+fn tokens_in(path: &Path) -> usize {
+    let fd = open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int into `n`; `fd` is open for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "FIONREAD on {}", path.display());
+    usize::try_from(n).expect("FIONREAD count")
 }
 
 fn id(flag: &str) -> String {
@@ -708,6 +854,17 @@ impl Running {
             }
             self.check_deadline();
             thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails while the command still runs (e.g. waiting for
+    /// another command) kills its whole group.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
         }
     }
 }

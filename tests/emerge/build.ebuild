@@ -5,7 +5,9 @@
 # the number of builds it expects at once (log/want), each build waits in
 # src_install until that many have arrived, so they overlap in every run
 # however slow the machine; the sleep after it gives a build beyond the
-# budget the time to start and show up in the count.
+# budget the time to start and show up in the count. A marker is named after
+# the package and the prefix (the last part of EPREFIX), so that builds of two
+# prefixes whose log/barrier is one shared directory count apart.
 
 EAPI=8
 
@@ -24,7 +26,7 @@ pkg_setup() {
 
 src_install() {
 	mkdir -p "${EPREFIX}/log/barrier" || die
-	: > "${EPREFIX}/log/barrier/${PN}" || die
+	: > "${EPREFIX}/log/barrier/${PN}.${EPREFIX##*/}" || die
 	if [[ -f ${EPREFIX}/log/want ]]; then
 		local want markers i
 		want=$(<"${EPREFIX}/log/want") || die
