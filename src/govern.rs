@@ -251,8 +251,7 @@ impl Governor {
         let missing = || {
             client
                 .available()
-                .map(|free| tokens.saturating_sub(free + self.held.len()))
-                .unwrap_or(0)
+                .map_or(0, |free| tokens.saturating_sub(free + self.held.len()))
         };
         if missing() == 0 || !alone() {
             return;
