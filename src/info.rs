@@ -24,34 +24,35 @@ pub fn print(config: &Config) -> Result<Status> {
     Ok(status)
 }
 
+/// A line of `--info` into a String (writing into a String cannot fail).
+macro_rules! put {
+    ($out:expr, $($arg:tt)*) => {{ let _ = writeln!($out, $($arg)*); }};
+}
+
 /// The lines of `--info`, into `out`; the status says whether the jobserver is usable.
 fn describe_jobserver(config: &Config, out: &mut String) -> Status {
-    // Writing into a String cannot fail.
-    macro_rules! put {
-        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
-    }
     let (source, auth, implicit, advertised) = match (&config.jobserver, pool::find_in_env()) {
         (Some(auth), _) => ("--jobserver", Some(auth.clone()), false, None),
         (None, Some(found)) => (found.var, Some(found.auth), true, found.advertised),
         (None, None) => ("none", None, false, None),
     };
-    put!("source: {source}");
+    put!(out, "source: {source}");
     let jobs = MakeFlags::parse(&std::env::var("MAKEFLAGS").unwrap_or_default()).jobs;
     match jobs {
-        Some(Some(n)) => put!("make -j: {n}"),
-        Some(None) => put!("make -j: unlimited"),
-        None => put!("make -j: none"),
+        Some(Some(n)) => put!(out, "make -j: {n}"),
+        Some(None) => put!(out, "make -j: unlimited"),
+        None => put!(out, "make -j: none"),
     }
     if let Some(n) = config.jobs {
-        put!("jsrun -j: {n}");
+        put!(out, "jsrun -j: {n}");
     }
     let Some(auth) = auth else {
         // With -jN jsrun would serve a jobserver of its own: that one is usable.
         return if let Some(n) = config.jobs {
-            put!("jsrun would create a jobserver with {n} slots");
+            put!(out, "jsrun would create a jobserver with {n} slots");
             Status::SUCCESS
         } else {
-            put!("jsrun would run one job at a time");
+            put!(out, "jsrun would run one job at a time");
             Status::Code(1)
         };
     };
@@ -61,40 +62,53 @@ fn describe_jobserver(config: &Config, out: &mut String) -> Status {
         Auth::Disabled => "disabled",
         Auth::Unknown(_) => "unknown",
     };
-    put!("style: {style}");
-    put!("auth: {auth}");
-    put!("implicit slot: {}", if implicit { "yes" } else { "no" });
+    put!(out, "style: {style}");
+    put!(out, "auth: {auth}");
+    put!(
+        out,
+        "implicit slot: {}",
+        if implicit { "yes" } else { "no" }
+    );
     match Client::open(&auth) {
         Ok(client) => {
-            put!("usable: yes");
-            match client.available() {
-                Ok(n) => put!("free tokens: {n}"),
-                Err(e) => put!("free tokens: unknown ({e})"),
-            }
-            if let Ok(true) = client.looks_unbounded(advertised.unwrap_or(UNBOUNDED_PROBE)) {
-                let bound = match advertised {
-                    Some(n) => format!("jsrun runs at most {n} jobs (make -j{n})"),
-                    None => "nothing bounds jsrun's jobs but -jN".into(),
-                };
-                put!("warning: {auth} looks unbounded: it never runs out of tokens; {bound}");
-            }
-            // Who else has it open: the pool's make, its clients, a stuck straggler.
-            if let Ok(stat) = nix::sys::stat::fstat(client.fd()) {
-                let me = std::process::id();
-                for holder in sys::holders((stat.st_dev, stat.st_ino)) {
-                    if holder.pid != me {
-                        put!("holder: {} {}", holder.pid, holder.command);
-                    }
-                }
-            }
+            put!(out, "usable: yes");
+            describe_usable(&client, advertised, out);
             Status::SUCCESS
         }
         Err(e) => {
-            put!("usable: no ({e})");
+            put!(out, "usable: no ({e})");
             if !e.hint().is_empty() {
-                put!("hint: {}", e.hint());
+                put!(out, "hint: {}", e.hint());
             }
             Status::Code(1)
+        }
+    }
+}
+
+/// The lines on a usable jobserver: its free tokens, a device that never runs out, and
+/// who else has it open (the pool's make, its clients, a stuck straggler).
+fn describe_usable(client: &Client, advertised: Option<usize>, out: &mut String) {
+    match client.available() {
+        Ok(n) => put!(out, "free tokens: {n}"),
+        Err(e) => put!(out, "free tokens: unknown ({e})"),
+    }
+    if let Ok(true) = client.looks_unbounded(advertised.unwrap_or(UNBOUNDED_PROBE)) {
+        let bound = match advertised {
+            Some(n) => format!("jsrun runs at most {n} jobs (make -j{n})"),
+            None => "nothing bounds jsrun's jobs but -jN".into(),
+        };
+        put!(
+            out,
+            "warning: {} looks unbounded: it never runs out of tokens; {bound}",
+            client.auth()
+        );
+    }
+    if let Ok(stat) = nix::sys::stat::fstat(client.fd()) {
+        let me = std::process::id();
+        for holder in sys::holders((stat.st_dev, stat.st_ino)) {
+            if holder.pid != me {
+                put!(out, "holder: {} {}", holder.pid, holder.command);
+            }
         }
     }
 }
