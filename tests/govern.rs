@@ -283,6 +283,41 @@ enum Peer {
     Ninja,
 }
 
+/// Writes the build file of `peer` and starts `jsrun -jSLOTS LIMIT -- PEER` with the
+/// limits read from `proc`.
+fn start_governed(
+    sandbox: &Sandbox,
+    peer: Peer,
+    goals: &[&str],
+    rules: &[Rule],
+    proc: &Path,
+    limit: &Limit,
+) -> crate::util::Running {
+    let command = match peer {
+        Peer::Make44 => {
+            write_makefile(sandbox, goals, rules);
+            crate::util::make44()
+        }
+        Peer::Make43 => {
+            write_makefile(sandbox, goals, rules);
+            crate::util::make43()
+        }
+        Peer::Ninja => {
+            write_ninja(sandbox, goals, rules);
+            crate::util::ninja()
+        }
+    };
+    sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", proc)
+        .arg(format!("-j{SLOTS}"))
+        .args(limit.options())
+        .arg("--")
+        .arg(command)
+        .deadline(Duration::from_secs(30))
+        .spawn()
+}
+
 /// `jsrun -j4 LIMIT -- PEER` with the limit exceeded from the start: s1, s2, s3 and the
 /// gate run one at a time (the governor holds every token, so nothing but the implicit
 /// slot runs) and the pool is empty meanwhile; the test meets the limit, waits until
@@ -297,29 +332,7 @@ fn governed_tree(peer: Peer, limit: Limit) {
     let sandbox = Sandbox::new();
     let proc = limit.proc_dir(&sandbox);
     let (goals, rules) = two_phases(&sandbox, SLOTS, 0);
-    let command = match peer {
-        Peer::Make44 => {
-            write_makefile(&sandbox, &goals, &rules);
-            crate::util::make44()
-        }
-        Peer::Make43 => {
-            write_makefile(&sandbox, &goals, &rules);
-            crate::util::make43()
-        }
-        Peer::Ninja => {
-            write_ninja(&sandbox, &goals, &rules);
-            crate::util::ninja()
-        }
-    };
-    let mut running = sandbox
-        .jsrun()
-        .env("JSRUN_PROC_DIR", &proc)
-        .arg(format!("-j{SLOTS}"))
-        .args(limit.options())
-        .arg("--")
-        .arg(command)
-        .deadline(Duration::from_secs(30))
-        .spawn();
+    let mut running = start_governed(&sandbox, peer, &goals, &rules, &proc, &limit);
     let gate = sandbox.join("gate");
     running.wait_until("the gate job", || entries(&gate) == 1);
     let pool = pool_of(&Seen::read(&sandbox.join("seen")), running.pid());
@@ -538,29 +551,7 @@ fn falls_to_one_job_when_a_limit_is_exceeded_mid_run(peer: Peer) {
         .map(|id| rule(id, &[], &sandbox.probe().id(id).sleep_ms(50)))
         .collect();
     let goals: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let command = match peer {
-        Peer::Make44 => {
-            write_makefile(&sandbox, &goals, &rules);
-            crate::util::make44()
-        }
-        Peer::Make43 => {
-            write_makefile(&sandbox, &goals, &rules);
-            crate::util::make43()
-        }
-        Peer::Ninja => {
-            write_ninja(&sandbox, &goals, &rules);
-            crate::util::ninja()
-        }
-    };
-    let mut running = sandbox
-        .jsrun()
-        .env("JSRUN_PROC_DIR", &proc)
-        .arg(format!("-j{SLOTS}"))
-        .args(limit.options())
-        .arg("--")
-        .arg(command)
-        .deadline(Duration::from_secs(30))
-        .spawn();
+    let mut running = start_governed(&sandbox, peer, &goals, &rules, &proc, &limit);
     let log = sandbox.log();
     running.wait_until("8 recipes to end", || log.finished().len() >= 8);
     let exceeded = epoch_nanos();
