@@ -44,6 +44,7 @@ impl Status {
     }
 
     pub fn exit(self) -> ! {
+        crate::say::finish();
         match self {
             Status::Code(code) => std::process::exit(code),
             Status::Killed(sig) => crate::sys::die_of(sig),

@@ -336,3 +336,44 @@ fn an_inherited_ignored_sigint_stays_ignored() {
         );
     }
 }
+
+/// `-v` into a stderr nobody reads (a fifo whose only reader never reads):
+/// four long command lines fill the pipe. jsrun's own messages wait for room
+/// instead of blocking it, so SIGTERM still ends it at once, its jobs are
+/// signalled and every token goes back.
+#[test]
+fn sigterm_reaches_jsrun_while_nobody_reads_its_messages() {
+    let sandbox = Sandbox::new();
+    let pool = FifoJobserver::new(&sandbox, b"abc");
+    let barrier = sandbox.join("barrier");
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier_deadline(&barrier, 5, 20_000);
+    // 20 KB of command line per job: four `-v` lines are more than a pipe holds.
+    let long = "x".repeat(20_000);
+    // The long word is the inner shell's $1, dropped before the probe runs.
+    let command = format!(
+        "{} -v sh -c 'shift; exec \"$@\"' sh {long} {} ::: 1 2 3 4 5 6 2>p",
+        crate::util::shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())]),
+        crate::util::shell_words(&probe.words()),
+    );
+    // fd 4 keeps a reader on the fifo (jsrun inherits it and never reads).
+    let script = format!("rm -f p; mkfifo p; exec 4<>p; exec {command}");
+    let mut running = sandbox
+        .command("bash")
+        .env("MAKEFLAGS", pool.makeflags())
+        .args(["-c", &script])
+        .deadline(std::time::Duration::from_secs(20))
+        .spawn();
+    running.wait_until("4 jobs to run", || entries(&barrier) == 4);
+    running.signal(libc::SIGTERM);
+    let output = running.wait();
+    output.killed_by(libc::SIGTERM);
+    assert_eq!(
+        sorted(&pool.drain()),
+        b"abc",
+        "every token must be back\n{}",
+        output.report()
+    );
+}

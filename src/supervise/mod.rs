@@ -205,6 +205,8 @@ impl Supervisor<'_> {
             PollFlags::POLLIN,
         );
         let sink = set.add(self.output.waiting_for(), PollFlags::POLLOUT);
+        // jsrun's own messages waiting for stderr to take them.
+        set.add(crate::say::waiting(), PollFlags::POLLOUT);
         for fd in self.steer.fds() {
             set.add(Some(fd), PollFlags::POLLIN);
         }
@@ -234,6 +236,7 @@ impl Supervisor<'_> {
         if sink_ready {
             self.output.flush();
         }
+        crate::say::flush();
         for i in ready_outputs {
             let running = &mut self.crew.jobs[i];
             if let Some(capture) = &mut running.capture {
