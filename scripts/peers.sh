@@ -13,26 +13,21 @@ peers="$root/.peers"
 venv="$peers/venv"
 stamp="$peers/stamp"
 
-if [[ ! -x /usr/bin/make ]]; then
+# Installs Debian package $1 when $2 is missing (only root can; others are told what to do).
+need_debian_package() {
+    local package=$1 what=$2
     if [[ $(id -u) -ne 0 ]]; then
-        echo "peers.sh: /usr/bin/make (GNU make 4.3) is missing; install Debian's 'make' package" >&2
+        echo "peers.sh: $what is missing; install Debian's '$package' package" >&2
         exit 1
     fi
-    echo "peers.sh: installing Debian's make" >&2
+    echo "peers.sh: installing Debian's $package (for $what)" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq make >/dev/null
-fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+}
 
-# tests/services.rs checks the systemd unit with systemd-analyze (Debian's systemd).
-if ! command -v systemd-analyze >/dev/null; then
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "peers.sh: systemd-analyze is missing; install Debian's 'systemd' package" >&2
-        exit 1
-    fi
-    echo "peers.sh: installing Debian's systemd (for systemd-analyze)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-fi
+[[ -x /usr/bin/make ]] || need_debian_package make "/usr/bin/make (GNU make 4.3)"
+# tests/services.rs checks the systemd unit with systemd-analyze.
+command -v systemd-analyze >/dev/null || need_debian_package systemd systemd-analyze
 
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [[ -f $stamp && $(<"$stamp") == "$want" && -x $venv/bin/make && -x $venv/bin/ninja && -x $venv/bin/emerge ]]; then

@@ -171,13 +171,8 @@ fn interrupted_emerge_under_jsrun_with_outer_fifo_jobserver_returns_every_token(
     );
 }
 
-/// `+jsrun -- emerge` in a recipe of make 4.4.1 `-j4`: jsrun is a client and
-/// runs emerge in the recipe's slot, emerge takes make's 3 tokens.
-#[test]
-fn emerge_under_jsrun_under_make_uses_all_four_slots() {
-    let _serial = serial();
-    let prefix = Prefix::new("make");
-    prefix.expect_at_once(4);
+/// A Makefile in the prefix whose one recipe is `+jsrun -- emerge ARGS`.
+fn jsrun_emerge_makefile(prefix: &Prefix) -> PathBuf {
     let mut recipe = vec![
         jsrun().display().to_string(),
         "--".into(),
@@ -186,6 +181,17 @@ fn emerge_under_jsrun_under_make_uses_all_four_slots() {
     recipe.extend(prefix.emerge_args());
     let makefile = prefix.root.join("Makefile");
     fs::write(&makefile, format!("all:\n\t+{}\n", recipe.join(" "))).expect("write Makefile");
+    makefile
+}
+
+/// `+jsrun -- emerge` in a recipe of make 4.4.1 `-j4`: jsrun is a client and
+/// runs emerge in the recipe's slot, emerge takes make's 3 tokens.
+#[test]
+fn emerge_under_jsrun_under_make_uses_all_four_slots() {
+    let _serial = serial();
+    let prefix = Prefix::new("make");
+    prefix.expect_at_once(4);
+    let makefile = jsrun_emerge_makefile(&prefix);
     let mut cmd = prefix.command(make44());
     cmd.arg("-j4").arg("-f").arg(&makefile);
     let out = run(&mut cmd, &prefix);
@@ -216,14 +222,7 @@ fn emerge_under_jsrun_under_make43_uses_all_four_slots_through_the_bridge() {
     let _serial = serial();
     let prefix = Prefix::new("bridge");
     prefix.expect_at_once(4);
-    let mut recipe = vec![
-        jsrun().display().to_string(),
-        "--".into(),
-        emerge().display().to_string(),
-    ];
-    recipe.extend(prefix.emerge_args());
-    let makefile = prefix.root.join("Makefile");
-    fs::write(&makefile, format!("all:\n\t+{}\n", recipe.join(" "))).expect("write Makefile");
+    let makefile = jsrun_emerge_makefile(&prefix);
     let mut cmd = prefix.command(crate::util::make43());
     cmd.arg("-j4").arg("-f").arg(&makefile);
     let out = run(&mut cmd, &prefix);
