@@ -257,6 +257,21 @@ fn a_signal_before_the_first_job_stops_it_from_starting() {
     );
 }
 
+/// python3's arguments that run jsrun with signal `name` ignored, as a parent
+/// that set it to SIG_IGN would start it.
+fn ignoring(name: &str) -> Vec<String> {
+    let script = format!(
+        "import os, signal, sys\n\
+         signal.signal(signal.{name}, signal.SIG_IGN)\n\
+         os.execv(sys.argv[1], sys.argv[1:])"
+    );
+    vec![
+        "-c".into(),
+        script,
+        crate::util::path_str(&crate::util::jsrun_bin()),
+    ]
+}
+
 /// Started with SIGCHLD ignored (the kernel would reap the jobs itself and
 /// send no SIGCHLD), jsrun still sees its jobs end; they start with SIGCHLD
 /// at its default.
@@ -265,13 +280,9 @@ fn an_inherited_ignored_sigchld_is_reset() {
     let sandbox = Sandbox::new();
     let seen = sandbox.join("seen-{}");
     let probe = sandbox.probe().id("{}").env_out(&seen);
-    let exec_with_sigchld_ignored = "import os, signal, sys\n\
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n\
-        os.execv(sys.argv[1], sys.argv[1:])";
     let output = sandbox
         .command("python3")
-        .args(["-c", exec_with_sigchld_ignored])
-        .arg(crate::util::jsrun_bin())
+        .args(ignoring("SIGCHLD"))
         .arg("-j3")
         .args(probe.words())
         .args([":::", "1", "2", "3"])
@@ -298,13 +309,9 @@ fn an_inherited_ignored_sigint_stays_ignored() {
         .id("{}")
         .env_out(&sandbox.join("seen-{}"))
         .barrier(&barrier, 3);
-    let exec_with_sigint_ignored = "import os, signal, sys\n\
-        signal.signal(signal.SIGINT, signal.SIG_IGN)\n\
-        os.execv(sys.argv[1], sys.argv[1:])";
     let mut running = sandbox
         .command("python3")
-        .args(["-c", exec_with_sigint_ignored])
-        .arg(crate::util::jsrun_bin())
+        .args(ignoring("SIGINT"))
         .arg("-j2")
         .args(probe.words())
         .args([":::", "1", "2"])
