@@ -59,7 +59,6 @@ fn execute(config: &Config) -> Result<Status> {
         _ => None,
     };
     let (template, source, shell_lines) = jobs_of(config)?;
-    let pool_args = template.clone();
     let feed = Feed::new(template, source, shell_lines, config.not_found_hint.clone());
     if dry_run {
         sys::release_signals();
@@ -68,7 +67,7 @@ fn execute(config: &Config) -> Result<Status> {
     // The handled signals are blocked since the first instruction and read in the loop,
     // so an interrupt at any point still removes the fifo and gives every token back.
     let signals = Signals::new().context("cannot set up signal handling")?;
-    let (pool, cap) = Pool::new(config, inherited, &pool_args)?;
+    let (pool, cap) = Pool::new(config, inherited, feed.template())?;
     let plan = Plan {
         feed,
         cap,

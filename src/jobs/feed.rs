@@ -74,6 +74,11 @@ impl Feed {
         }
     }
 
+    /// The command template, for what the pool's style depends on.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+
     /// Whether no job will come any more.
     pub fn is_done(&self) -> bool {
         self.done
