@@ -121,9 +121,7 @@ fn supervise_pool(
     signals: &Signals,
     total: Option<usize>,
 ) -> Result<(Outcome, Option<Mismatch>)> {
-    // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached.
-    let slots = pool.slots(plan.cap);
-    let serve = plan.serve;
+    let (serve, cap) = (plan.serve, plan.cap);
     let mut report = Report::new(&Sinks {
         joblog: config.joblog.as_deref(),
         trace: config.trace.as_deref(),
@@ -132,6 +130,9 @@ fn supervise_pool(
     })?;
     let mut output = Output::new(config.output_sync, config.tag);
     let outcome = supervise::run(plan, &pool, signals, &mut report, &mut output);
+    // For slot utilisation: -jN (as SIGUSR1/SIGUSR2 left it), else the outer make's -jN,
+    // else what jsrun reached.
+    let slots = pool.slots(outcome.as_ref().map_or(cap, |o| o.cap));
     let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
     let mismatch = pool.close(governed.map(|g| (g.held, g.expected)));
     if let Some(mismatch) = &mismatch {

@@ -857,6 +857,135 @@ fn a_slot_added_after_one_was_removed_does_not_overfill_the_pool() {
     assert_eq!(log.finished().len(), 3 + CYCLES, "{}", log.dump());
 }
 
+/// Where the runner of [`the_runner_follows_sigusr1_and_sigusr2`] runs.
+#[derive(Clone, Copy, Debug)]
+enum Runner {
+    /// A pool of its own, `-j2 --jobserver-style=fifo`.
+    OwnFifo,
+    /// A pool of its own, `-j2 --jobserver-style=pipe`.
+    OwnPipe,
+    /// A pool of its own with a load limit that is met.
+    OwnLimited,
+    /// The test's fifo pool of 6 slots, `-j2`: jsrun's own cap.
+    Another,
+    /// The same with a load limit that is met.
+    AnotherLimited,
+}
+
+/// `jsrun -v -j2 --stats probe ::: 1..8`, every job waiting at a gate of its own until
+/// the test opens it. Two run; after two SIGUSR1 (both said under `-v`) jobs 3 and 4 start
+/// beside them: four at once. After one SIGUSR2 (said) the test opens the gates one by
+/// one in the jobs' order as each job arrives: running jobs finish, and from then on
+/// no job starts while three run. Measured from the jobs' own start/end lines; the
+/// `--stats` line reports the size at exit, 3; an outer pool gets its bytes back.
+fn the_runner_follows_sigusr1_and_sigusr2(runner: Runner) {
+    let sandbox = Sandbox::new();
+    let gates = sandbox.join("gates");
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier_deadline(&gates.join("{}"), 2, 60_000);
+    let proc = Limit::Load.proc_dir(&sandbox);
+    Limit::Load.set(&proc, false);
+    let outer = FifoJobserver::new(&sandbox, b"abcde");
+    let mut jsrun = sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", &proc)
+        .args(["-v", "-j2", "--stats"]);
+    jsrun = match runner {
+        Runner::OwnFifo | Runner::OwnLimited => jsrun.arg("--jobserver-style=fifo"),
+        Runner::OwnPipe => jsrun.arg("--jobserver-style=pipe"),
+        Runner::Another | Runner::AnotherLimited => jsrun.fifo_jobserver(&outer),
+    };
+    if matches!(runner, Runner::OwnLimited | Runner::AnotherLimited) {
+        jsrun = jsrun.args(Limit::Load.options());
+    }
+    let mut running = jsrun
+        .args(probe.words())
+        .arg(":::")
+        .args(crate::util::values(8))
+        .deadline(Duration::from_secs(60))
+        .spawn();
+    let log = sandbox.log();
+    let waiting = |job: usize| entries(&gates.join(job.to_string())) == 1;
+    running.wait_until("jobs 1 and 2 at their gates", || waiting(1) && waiting(2));
+    let grown_at = epoch_nanos();
+    running.signal(libc::SIGUSR1);
+    stderr_has(&mut running, "jsrun: SIGUSR1: 3 slots\n");
+    running.signal(libc::SIGUSR1);
+    stderr_has(&mut running, "jsrun: SIGUSR1: 4 slots\n");
+    running.wait_until("jobs 3 and 4 beside 1 and 2", || waiting(3) && waiting(4));
+    running.signal(libc::SIGUSR2);
+    stderr_has(&mut running, "jsrun: SIGUSR2: 3 slots\n");
+    let shrunk_at = epoch_nanos();
+    for job in 1..=8 {
+        running.wait_until(&format!("job {job} at its gate"), || waiting(job));
+        release(&gates.join(job.to_string()));
+    }
+    let output = running.wait();
+    output.success().stderr_lacks("warning");
+    let events = log.events();
+    let context = format!("{runner:?}\n{}\n{}", log.dump(), output.report());
+    assert_eq!(log.finished(), crate::util::values(8), "{context}");
+    let start = |id: &str| {
+        events
+            .iter()
+            .find(|e| e.start && e.id == id)
+            .map(|e| e.nanos)
+    };
+    assert!(
+        start("3") > Some(grown_at),
+        "job 3 started before SIGUSR1: the cap of 2 did not hold\n{context}"
+    );
+    assert_eq!(peak_of(&events), 4, "{context}");
+    let mut edges: Vec<(u128, bool)> = events.iter().map(|e| (e.nanos, e.start)).collect();
+    // Ends sort before starts at the same instant.
+    edges.sort_unstable();
+    let (mut at_once, mut crowded) = (0i32, Vec::new());
+    for (nanos, start) in edges {
+        at_once += if start { 1 } else { -1 };
+        if start && nanos > shrunk_at && at_once > 3 {
+            crowded.push((nanos, at_once));
+        }
+    }
+    assert!(
+        crowded.is_empty(),
+        "jobs started after SIGUSR2 while the pool had 3 slots: {crowded:?}\n{context}"
+    );
+    assert!(
+        output.stderr.contains("peak 4 of 3 slots"),
+        "--stats reports the size at exit\n{context}"
+    );
+    if matches!(runner, Runner::Another | Runner::AnotherLimited) {
+        assert_eq!(sorted(&outer.drain()), b"abcde", "{context}");
+    }
+}
+
+#[test]
+fn the_runner_in_its_own_fifo_pool_follows_sigusr1_and_sigusr2() {
+    the_runner_follows_sigusr1_and_sigusr2(Runner::OwnFifo);
+}
+
+#[test]
+fn the_runner_in_its_own_pipe_pool_follows_sigusr1_and_sigusr2() {
+    the_runner_follows_sigusr1_and_sigusr2(Runner::OwnPipe);
+}
+
+#[test]
+fn the_runner_in_its_own_pool_with_a_limit_follows_sigusr1_and_sigusr2() {
+    the_runner_follows_sigusr1_and_sigusr2(Runner::OwnLimited);
+}
+
+#[test]
+fn the_runner_under_another_pool_follows_sigusr1_and_sigusr2() {
+    the_runner_follows_sigusr1_and_sigusr2(Runner::Another);
+}
+
+#[test]
+fn the_runner_under_another_pool_with_a_limit_follows_sigusr1_and_sigusr2() {
+    the_runner_follows_sigusr1_and_sigusr2(Runner::AnotherLimited);
+}
+
 // ---------------------------------------------------------------------------
 // 4. The --stats pool line and the --trace counter tracks
 

@@ -48,6 +48,8 @@ pub struct Plan {
 
 pub struct Outcome {
     pub status: Status,
+    /// jsrun's own cap at the end, after SIGUSR1/SIGUSR2.
+    pub cap: usize,
     /// A pool of jsrun's own: how the tree used it.
     pub governed: Option<Governed>,
 }
@@ -105,6 +107,7 @@ pub fn run(
     sup.run()?;
     Ok(Outcome {
         status: sup.verdict.status(),
+        cap: sup.plan.cap,
         governed: sup.steer.finish(Instant::now()),
     })
 }
@@ -278,25 +281,26 @@ impl Supervisor<'_> {
     }
 
     /// SIGUSR1: one slot more; SIGUSR2: one fewer, down to 1. A pool of jsrun's own
-    /// changes size; under another pool jsrun's own cap changes (from "no cap", one fewer
-    /// than the jobs running now).
+    /// changes size and jsrun's own jobs follow it, as xargs -P's do: more start at once,
+    /// or fewer (running ones finish). Under another pool jsrun's own cap changes (from
+    /// "no cap", one fewer than the jobs running now).
     fn resize(&mut self, grow: bool) {
-        let slots = if let Some(slots) = self.steer.resize(grow) {
-            slots
+        let cap = &mut self.plan.cap;
+        if let Some(slots) = self.steer.resize(grow) {
+            *cap = slots;
         } else {
-            let cap = &mut self.plan.cap;
             *cap = match grow {
                 true => cap.saturating_add(1),
                 false => (*cap).min(self.crew.jobs.len()).saturating_sub(1).max(1),
             };
-            *cap
-        };
+        }
         if self.plan.verbose {
             let sig = if grow { "SIGUSR1" } else { "SIGUSR2" };
-            crate::say!(
-                "jsrun: {sig}: {slots} slot{}",
-                if slots == 1 { "" } else { "s" }
-            );
+            match *cap {
+                usize::MAX => crate::say!("jsrun: {sig}: no cap of jsrun's own; the pool decides"),
+                1 => crate::say!("jsrun: {sig}: 1 slot"),
+                n => crate::say!("jsrun: {sig}: {n} slots"),
+            }
         }
     }
 }
