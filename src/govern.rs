@@ -315,14 +315,19 @@ impl Governor {
     }
 }
 
-/// An inotify watch on the pool's inode: a fifo by its path, a pipe by `/proc/self/fd/N`
-/// (the watch follows the magic link to the pipe's inode).
+/// An inotify watch on the pool's inode for every read, write and close.
 pub(crate) fn watch(client: &Client) -> nix::Result<Inotify> {
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
     let flags = AddWatchFlags::IN_ACCESS
         | AddWatchFlags::IN_MODIFY
         | AddWatchFlags::IN_CLOSE_WRITE
         | AddWatchFlags::IN_CLOSE_NOWRITE;
+    watch_for(client, flags)
+}
+
+/// An inotify watch for `flags` on the pool's inode: a fifo by its path, a pipe by
+/// `/proc/self/fd/N` (the watch follows the magic link to the pipe's inode).
+pub(crate) fn watch_for(client: &Client, flags: AddWatchFlags) -> nix::Result<Inotify> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
     if let Auth::Fifo(path) = client.auth() {
         inotify.add_watch(path.as_path(), flags)?
     } else {
@@ -335,16 +340,21 @@ pub(crate) fn watch(client: &Client) -> nix::Result<Inotify> {
 /// Empties the inotify queue: whether a process closed the pool, and otherwise only
 /// that something happened.
 pub(crate) fn drain_events(watch: &Inotify) -> bool {
+    let close = (AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CLOSE_NOWRITE).bits();
+    drain(watch) & close != 0
+}
+
+/// Empties the inotify queue: the union of the events' masks (0 when there was none).
+pub(crate) fn drain(watch: &Inotify) -> u32 {
     // struct inotify_event: wd (4 bytes), mask (4), cookie (4), len (4), name (len).
     const HEADER: usize = 16;
-    let close = (AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CLOSE_NOWRITE).bits();
-    let mut closed = false;
+    let mut seen = 0;
     let mut buf = [0u8; 4096];
     loop {
         let n = match nix::unistd::read(watch.as_fd(), &mut buf) {
             Ok(n) if n > 0 => n,
             Err(Errno::EINTR) => continue,
-            _ => return closed,
+            _ => return seen,
         };
         let mut at = 0;
         while at + HEADER <= n {
@@ -352,7 +362,7 @@ pub(crate) fn drain_events(watch: &Inotify) -> bool {
                 let bytes: [u8; 4] = buf[at + i..at + i + 4].try_into().unwrap_or_default();
                 u32::from_ne_bytes(bytes)
             };
-            closed |= word(4) & close != 0;
+            seen |= word(4);
             at += HEADER + word(12) as usize;
         }
     }

@@ -8,10 +8,11 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::Flock;
+use nix::sys::inotify::{AddWatchFlags, Inotify};
 
 use crate::client::Client;
 
@@ -104,12 +105,21 @@ impl<'p> Ledger<'p> {
 /// lock, so that of several jsruns only one holds part of a set; and when no token came
 /// back for [`HEAVY_WAIT`] (the slots it lacks are held by jobs that are themselves
 /// waiting), the job runs with what it has rather than wait for ever.
+///
+/// "Came back" means written into the pool by anyone, not only read by this jsrun: make
+/// gives a token back and reads it again at once for its next job, and a jsrun that only
+/// counted the tokens it got itself would take a pool where tokens go round for a
+/// deadlock, and run beside jobs holding the very slots it lacks (the pool's N exceeded).
+/// An inotify watch (IN_MODIFY on the pool's inode) sees every such write while the set
+/// is partial.
 pub struct Gather<'l, 'p> {
     want: usize,
     held: Vec<Held<'l, 'p>>,
     lock: Option<Flock<OwnedFd>>,
-    /// When the last slot came (or the lock was taken).
+    /// When the last slot came, the lock was taken, or a token came back to the pool.
     progress: Instant,
+    /// Writes into the pool while the set is partial.
+    writes: Option<Inotify>,
 }
 
 /// How long a heavy job waits with part of its set while no token comes back.
@@ -137,7 +147,30 @@ impl<'l, 'p> Gather<'l, 'p> {
             held: Vec::new(),
             lock: None,
             progress: Instant::now(),
+            writes: None,
         }
+    }
+
+    /// The descriptor to poll while part of the set is held: readable when a token was
+    /// written into the pool (call [`Gather::came_back`] then).
+    pub fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.writes.as_ref().map(AsFd::as_fd)
+    }
+
+    /// The watch was readable: a token came back to the pool, whoever took it.
+    pub fn came_back(&mut self, now: Instant) {
+        if let Some(writes) = &self.writes
+            && crate::govern::drain(writes) != 0
+        {
+            self.progress = now;
+        }
+    }
+
+    /// The set is complete, given up or gone: no more watching.
+    fn done(&mut self) -> Vec<Held<'l, 'p>> {
+        self.lock = None;
+        self.writes = None;
+        std::mem::take(&mut self.held)
     }
 
     /// Takes what can be taken now, without waiting.
@@ -153,7 +186,7 @@ impl<'l, 'p> Gather<'l, 'p> {
                     Some(Ok(None)) => return Gathered::Wait(false, Some(now + LOCK_RETRY)),
                     // No lock to be had (no jobserver, or it refuses locks): run with what
                     // there is.
-                    _ => return Gathered::Part(std::mem::take(&mut self.held)),
+                    _ => return Gathered::Part(self.done()),
                 }
             }
             match ledger.take(tokens) {
@@ -163,22 +196,25 @@ impl<'l, 'p> Gather<'l, 'p> {
                 }
                 Take::Wait if self.held.is_empty() => return Gathered::Wait(tokens, None),
                 Take::Wait => {
+                    // Watched from the first wait on, in the step that took the lock and
+                    // set `progress`: no write after that is missed.
+                    if self.writes.is_none() {
+                        let modify = AddWatchFlags::IN_MODIFY;
+                        self.writes = ledger
+                            .client
+                            .and_then(|client| crate::govern::watch_for(client, modify).ok());
+                    }
                     let until = self.progress + HEAVY_WAIT;
                     if now >= until {
-                        self.lock = None;
-                        return Gathered::Part(std::mem::take(&mut self.held));
+                        return Gathered::Part(self.done());
                     }
                     return Gathered::Wait(tokens, Some(until));
                 }
                 Take::Never(e) if self.held.is_empty() => return Gathered::Never(e),
-                Take::Never(_) => {
-                    self.lock = None;
-                    return Gathered::Part(std::mem::take(&mut self.held));
-                }
+                Take::Never(_) => return Gathered::Part(self.done()),
             }
         }
-        self.lock = None;
-        Gathered::All(std::mem::take(&mut self.held))
+        Gathered::All(self.done())
     }
 }
 
@@ -279,5 +315,49 @@ mod tests {
         let ledger = Ledger::new(Some(&dev_null), false);
         assert!(matches!(ledger.take(true), Take::Never(Some(_))));
         assert!(matches!(ledger.take(true), Take::Never(None)));
+    }
+
+    fn waits_until(gathered: &Gathered<'_, '_>) -> Option<Instant> {
+        match gathered {
+            Gathered::Wait(true, until) => *until,
+            Gathered::Wait(false, _) => panic!("not waiting for a token"),
+            Gathered::All(_) | Gathered::Part(_) | Gathered::Never(_) => panic!("not waiting"),
+        }
+    }
+
+    #[test]
+    fn a_token_written_back_to_the_pool_is_progress_whoever_takes_it() {
+        let (client, r, w) = pool(b"a");
+        let ledger = Ledger::new(Some(&client), true);
+        let mut gather = Gather::new(3);
+        let t0 = Instant::now();
+        assert_eq!(
+            waits_until(&gather.step(&ledger, true, t0)),
+            Some(t0 + HEAVY_WAIT)
+        );
+        // Another client gives a token back and takes it again at once, as make does.
+        nix::unistd::write(&w, b"b").unwrap();
+        nix::unistd::read(&r, &mut [0u8]).unwrap();
+        let watch = gather.watch_fd().expect("watched while the set is partial");
+        let mut fds = [nix::poll::PollFd::new(watch, nix::poll::PollFlags::POLLIN)];
+        assert_eq!(
+            nix::poll::poll(&mut fds, 0u16).unwrap(),
+            1,
+            "the write is seen"
+        );
+        let t1 = t0 + HEAVY_WAIT / 2;
+        gather.came_back(t1);
+        let t2 = t0 + HEAVY_WAIT;
+        assert_eq!(
+            waits_until(&gather.step(&ledger, true, t2)),
+            Some(t1 + HEAVY_WAIT)
+        );
+        // Nothing written since: after HEAVY_WAIT it runs with what it holds.
+        gather.came_back(t1 + HEAVY_WAIT);
+        match gather.step(&ledger, true, t1 + HEAVY_WAIT) {
+            Gathered::Part(held) => assert_eq!(held.len(), 2),
+            _ => panic!("not given up"),
+        }
+        assert!(gather.watch_fd().is_none(), "no watch once given up");
     }
 }

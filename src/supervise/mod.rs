@@ -213,6 +213,8 @@ impl Supervisor<'_> {
         for fd in self.steer.fds() {
             set.add(Some(fd), PollFlags::POLLIN);
         }
+        // A heavy job holding part of its set: a token written back to the pool.
+        let came_back = set.add(self.gather.watch_fd(), PollFlags::POLLIN);
         // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
         let mut outputs = Vec::new();
         if !self.output.backlogged() {
@@ -230,12 +232,16 @@ impl Supervisor<'_> {
             .min();
         set.poll(deadline)?;
         let (source_ready, sink_ready) = (set.ready(source), set.ready(sink));
+        let came_back = set.ready(came_back);
         let ready_outputs: Vec<usize> = outputs
             .iter()
             .filter(|(_, at)| set.ready(*at))
             .map(|(i, _)| *i)
             .collect();
         drop(set);
+        if came_back {
+            self.gather.came_back(Instant::now());
+        }
         if sink_ready {
             self.output.flush();
         }
