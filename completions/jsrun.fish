@@ -17,7 +17,7 @@ complete -c jsrun -s k -l keep-going -d 'After a failure, keep starting the rema
 complete -c jsrun -l tag -d 'Prefix each output line with the job\'s value (implies -Oline unless -O is given)'
 complete -c jsrun -s v -l verbose -d 'Print each command to stderr as it starts'
 complete -c jsrun -s n -l dry-run -d 'Print the commands, run nothing (also when MAKEFLAGS says make -n)'
-complete -c jsrun -l stats -d 'Print a summary on stderr at exit: jobs, failures, peak concurrency, tokens, time spent waiting for tokens, slot utilisation'
+complete -c jsrun -l stats -d 'Print a summary on stderr at exit: jobs, failures, peak concurrency, tokens, time spent waiting for tokens, slot utilisation; in a pool of jsrun\'s own, a line on how the whole tree used it. With one command in a pool of its own (-jN -- make) that pool line is the summary, and the command\'s line says how it ended'
 complete -c jsrun -l progress -d 'Show a progress line on stderr while jobs run (only when stderr is a terminal)'
 complete -c jsrun -l info -d 'Print the jobserver jsrun would use, and exit'
 complete -c jsrun -s h -l help -d 'Print help (see more with \'--help\')'

@@ -130,7 +130,9 @@ pub struct Cli {
     pub joblog: Option<PathBuf>,
 
     /// Print a summary on stderr at exit: jobs, failures, peak concurrency, tokens,
-    /// time spent waiting for tokens, slot utilisation.
+    /// time spent waiting for tokens, slot utilisation; in a pool of jsrun's own, a line
+    /// on how the whole tree used it. With one command in a pool of its own (-jN -- make)
+    /// that pool line is the summary, and the command's line says how it ended.
     #[arg(long)]
     pub stats: bool,
 

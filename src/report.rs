@@ -47,6 +47,20 @@ pub struct Report {
     progress: Option<Progress>,
     stats: Stats,
     start: Instant,
+    /// The budget of slots since when, if known; SIGUSR1/SIGUSR2 change it.
+    size: Option<(usize, Instant)>,
+    /// Slot-time of the budget before `size`'s instant, for slot utilisation.
+    capacity: Duration,
+    /// How the last job ended: with one command, what the command did.
+    last: Option<Ended>,
+}
+
+/// How a job ended, for the one command's `--stats` line.
+struct Ended {
+    status: Status,
+    signal: Option<Signal>,
+    runtime: Duration,
+    started: bool,
 }
 
 /// Where reports go; `None` for the ones not asked for.
@@ -93,7 +107,22 @@ impl Report {
             progress,
             stats: Stats::default(),
             start,
+            size: None,
+            capacity: Duration::ZERO,
+            last: None,
         })
+    }
+
+    /// The budget of slots from now on (`None`: unknown, the peak stands in for it).
+    pub fn sized(&mut self, slots: Option<usize>) {
+        self.sized_at(slots, Instant::now());
+    }
+
+    fn sized_at(&mut self, slots: Option<usize>, now: Instant) {
+        if let Some((n, since)) = self.size {
+            self.capacity += now.saturating_duration_since(since) * n as u32;
+        }
+        self.size = slots.map(|n| (n, now));
     }
 
     pub fn started(&mut self, running: usize) {
@@ -142,6 +171,12 @@ impl Report {
         }
         self.stats.jobs += 1;
         self.stats.busy += runtime;
+        self.last = Some(Ended {
+            status: done.status,
+            signal: done.signal,
+            runtime,
+            started: done.started.0 != done.ended.0,
+        });
         if !done.status.success() {
             self.stats.failed += 1;
         }
@@ -229,17 +264,14 @@ impl Report {
         );
     }
 
-    /// The `--stats` summary: one line on stderr.
-    /// `slots`: the budget, `None` when unknown (then the peak stands in for it).
-    pub fn print_stats(&self, slots: Option<usize>) {
+    /// The `--stats` summary of jsrun's jobs: one line on stderr. Slot utilisation is
+    /// the jobs' busy time over the slot-time of the budget as SIGUSR1/SIGUSR2 changed it
+    /// (the peak's, when the budget is unknown); "of N slots" is the budget at exit.
+    pub fn print_stats(&self) {
         let s = &self.stats;
-        let slots = slots.unwrap_or(s.peak);
-        let wall = self.start.elapsed();
-        let utilisation = if slots > 0 && !wall.is_zero() {
-            100.0 * s.busy.as_secs_f64() / (slots as f64 * wall.as_secs_f64())
-        } else {
-            0.0
-        };
+        let now = Instant::now();
+        let wall = now.saturating_duration_since(self.start);
+        let (slots, utilisation) = self.utilisation(now);
         crate::say!(
             "jsrun: {} jobs, {} failed, {:.3}s wall, peak {} of {} slots, {} tokens acquired, \
              {:.3}s waiting for tokens (longest {:.3}s), slot utilisation {:.0}%",
@@ -253,6 +285,52 @@ impl Report {
             s.longest_token_wait.as_secs_f64(),
             utilisation,
         );
+    }
+
+    /// The budget at `now` and the share of its slot-time the jobs used, in percent.
+    fn utilisation(&self, now: Instant) -> (usize, f64) {
+        let s = &self.stats;
+        let (slots, capacity) = match self.size {
+            Some((n, since)) => {
+                let spell = now.saturating_duration_since(since);
+                (n, self.capacity + spell * n as u32)
+            }
+            None => (
+                s.peak,
+                now.saturating_duration_since(self.start) * s.peak as u32,
+            ),
+        };
+        let share = match capacity.is_zero() {
+            true => 0.0,
+            false => 100.0 * s.busy.as_secs_f64() / capacity.as_secs_f64(),
+        };
+        (slots, share)
+    }
+
+    /// The `--stats` line of one command in a pool of jsrun's own, whose pool line is the
+    /// summary: what the command did, e.g. `jsrun: make exited 0 after 52.312s`.
+    pub fn print_command(&self, name: &str) {
+        let Some(ended) = &self.last else {
+            crate::say!("jsrun: {name} did not run");
+            return;
+        };
+        let after = ended.runtime.as_secs_f64();
+        match (ended.signal, ended.started) {
+            (Some(signal), _) => {
+                crate::say!(
+                    "jsrun: {name} was killed by {} after {after:.3}s",
+                    signal.as_str()
+                );
+            }
+            (None, false) => crate::say!(
+                "jsrun: {name} could not be started (exit {})",
+                ended.status.code()
+            ),
+            (None, true) => crate::say!(
+                "jsrun: {name} exited {} after {after:.3}s",
+                ended.status.code()
+            ),
+        }
     }
 }
 
@@ -384,6 +462,23 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utilisation_counts_the_slots_there_were_as_the_size_changed() {
+        let mut report = Report::new(&Sinks::default()).unwrap();
+        let t0 = report.start;
+        let s = Duration::from_secs;
+        report.sized_at(Some(2), t0);
+        // 2 slots for 1 s, 4 for 2 s, then 1 for 1 s: 11 slot-seconds, 4 s of wall.
+        report.sized_at(Some(4), t0 + s(1));
+        report.sized_at(Some(1), t0 + s(3));
+        report.stats.busy = s(11) / 2;
+        report.stats.peak = 4;
+        assert_eq!(report.utilisation(t0 + s(4)), (1, 50.0));
+        // Unknown size: the peak stands in for it over the whole run.
+        report.sized_at(None, t0 + s(4));
+        assert_eq!(report.utilisation(t0 + s(4)), (4, 100.0 * 5.5 / 16.0));
+    }
 
     #[test]
     fn json_strings_are_escaped() {

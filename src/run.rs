@@ -121,18 +121,18 @@ fn supervise_pool(
     signals: &Signals,
     total: Option<usize>,
 ) -> Result<(Outcome, Option<Mismatch>)> {
-    let (serve, cap) = (plan.serve, plan.cap);
+    let serve = plan.serve;
     let mut report = Report::new(&Sinks {
         joblog: config.joblog.as_deref(),
         trace: config.trace.as_deref(),
         progress: config.progress && !serve,
         total,
     })?;
+    // For slot utilisation: -jN, else the outer make's -jN, else what jsrun reached;
+    // SIGUSR1/SIGUSR2 change it as the run goes.
+    report.sized(pool.slots(plan.cap));
     let mut output = Output::new(config.output_sync, config.tag);
     let outcome = supervise::run(plan, &pool, signals, &mut report, &mut output);
-    // For slot utilisation: -jN (as SIGUSR1/SIGUSR2 left it), else the outer make's -jN,
-    // else what jsrun reached.
-    let slots = pool.slots(outcome.as_ref().map_or(cap, |o| o.cap));
     let governed = outcome.as_ref().ok().and_then(|o| o.governed.as_ref());
     let mismatch = pool.close(governed.map(|g| (g.held, g.expected)));
     if let Some(mismatch) = &mismatch {
@@ -141,9 +141,14 @@ fn supervise_pool(
     report.close();
     let outcome = outcome?;
     if config.stats {
-        if !serve {
-            let slots = outcome.governed.as_ref().map_or(slots, |g| Some(g.slots));
-            report.print_stats(slots);
+        // One command in a pool of jsrun's own: the pool line is the summary, and the
+        // command's line says what the command did.
+        match (&config.command.first(), &outcome.governed) {
+            _ if serve => {}
+            (Some(name), Some(_)) if config.input == Input::None => {
+                report.print_command(&name.to_string_lossy());
+            }
+            _ => report.print_stats(),
         }
         if let Some(governed) = &outcome.governed {
             report.print_pool(governed.slots, &governed.view);

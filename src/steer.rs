@@ -56,6 +56,11 @@ impl<'p> Steer<'p> {
         }
     }
 
+    /// The pool steered.
+    pub fn pool(&self) -> &'p Pool {
+        self.pool
+    }
+
     /// Looks at the limits when it is time, lets the governor follow the pool, and
     /// balances the bridge. `implicit_busy`: jsrun's own job holds its implicit slot.
     pub fn tick(&mut self, now: Instant, implicit_busy: bool, report: &mut Report) {

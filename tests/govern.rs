@@ -877,7 +877,8 @@ enum Runner {
 /// beside them: four at once. After one SIGUSR2 (said) the test opens the gates one by
 /// one in the jobs' order as each job arrives: running jobs finish, and from then on
 /// no job starts while three run. Measured from the jobs' own start/end lines; the
-/// `--stats` line reports the size at exit, 3; an outer pool gets its bytes back.
+/// `--stats` line reports the size at exit, 3, and a slot utilisation of at most 100%;
+/// an outer pool gets its bytes back.
 fn the_runner_follows_sigusr1_and_sigusr2(runner: Runner) {
     let sandbox = Sandbox::new();
     let gates = sandbox.join("gates");
@@ -956,6 +957,14 @@ fn the_runner_follows_sigusr1_and_sigusr2(runner: Runner) {
         output.stderr.contains("peak 4 of 3 slots"),
         "--stats reports the size at exit\n{context}"
     );
+    // Utilisation against the slots there were as the size changed, not the size at exit.
+    let utilisation: f64 = output
+        .stderr
+        .split_once("slot utilisation ")
+        .and_then(|(_, rest)| rest.split('%').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no slot utilisation\n{context}"));
+    assert!(utilisation <= 100.0, "{utilisation}%\n{context}");
     if matches!(runner, Runner::Another | Runner::AnotherLimited) {
         assert_eq!(sorted(&outer.drain()), b"abcde", "{context}");
     }

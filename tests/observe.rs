@@ -646,6 +646,79 @@ fn stats_agree_with_the_measured_run() {
     assert_eq!(peak, 3, "{}", log.dump());
 }
 
+/// The seconds in `jsrun: NAME exited CODE after S.SSSs` (or `was killed by SIG
+/// after`), and the rest of the line before " after".
+fn command_line_of(stderr: &str, name: &str) -> (String, f64) {
+    let prefix = format!("jsrun: {name} ");
+    let line = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no line of the command {name} in\n{stderr}"));
+    let (what, secs) = line
+        .rsplit_once(" after ")
+        .unwrap_or_else(|| panic!("no time in {line:?}"));
+    let secs = secs
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {line:?}"));
+    (what.to_owned(), secs)
+}
+
+/// `jsrun -j4 --stats -- make` (one command in a pool jsrun owns): no line about
+/// jsrun's "1 jobs" that reads as if the pool sat idle; the command's line says what
+/// make did (its exit, 2 for a failed recipe, and a time at least as long as the
+/// recipe ran by its own timestamps, at most the run's), and the pool line comes last,
+/// as the summary. A command killed by a signal and one that cannot start say so.
+#[test]
+fn stats_of_one_command_in_its_own_pool_say_what_the_command_did() {
+    let sandbox = Sandbox::new();
+    let probe = sandbox.probe().id("r").sleep_ms(200).exit(3);
+    sandbox.write("Makefile", format!("all:\n\t{}\n", probe.shell()));
+    let make = crate::util::make44();
+    let began = Instant::now();
+    let output = sandbox
+        .jsrun()
+        .args(["-j4", "--stats", "--"])
+        .arg(&make)
+        .run();
+    let wall = began.elapsed().as_secs_f64();
+    output.code(2).stderr_lacks(" jobs, ");
+    let events = sandbox.log().events();
+    let ran = (events[1].nanos - events[0].nanos) as f64 / 1e9;
+    let (what, secs) = command_line_of(&output.stderr, &path_str(&make));
+    assert_eq!(what, "exited 2", "{}", output.report());
+    assert!(
+        secs >= ran && secs <= wall,
+        "make ran {secs}s by jsrun, the recipe {ran}s, the run {wall}s\n{}",
+        output.report()
+    );
+    let last = output.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("jsrun: pool: 4 slots, peak 1 in use"),
+        "the pool line last\n{}",
+        output.report()
+    );
+
+    let killed = sandbox
+        .jsrun()
+        .args(["-j4", "--stats", "--"])
+        .args(sandbox.probe().id("k").signal(libc::SIGTERM).words())
+        .run();
+    killed.code(128 + libc::SIGTERM).stderr_lacks(" jobs, ");
+    let (what, _) = command_line_of(&killed.stderr, &path_str(&crate::util::probe_bin()));
+    assert_eq!(what, "was killed by SIGTERM", "{}", killed.report());
+
+    let missing = sandbox
+        .jsrun()
+        .args(["-j4", "--stats", "--", "no-such-program-here"])
+        .run();
+    missing
+        .code(127)
+        .stderr_contains("jsrun: no-such-program-here could not be started (exit 127)\n")
+        .stderr_contains("jsrun: pool: 4 slots")
+        .stderr_lacks(" jobs, ");
+}
+
 // ---------------------------------------------------------------------------
 // --trace
 

@@ -48,8 +48,6 @@ pub struct Plan {
 
 pub struct Outcome {
     pub status: Status,
-    /// jsrun's own cap at the end, after SIGUSR1/SIGUSR2.
-    pub cap: usize,
     /// A pool of jsrun's own: how the tree used it.
     pub governed: Option<Governed>,
 }
@@ -107,7 +105,6 @@ pub fn run(
     sup.run()?;
     Ok(Outcome {
         status: sup.verdict.status(),
-        cap: sup.plan.cap,
         governed: sup.steer.finish(Instant::now()),
     })
 }
@@ -300,6 +297,7 @@ impl Supervisor<'_> {
                 false => (*cap).min(self.crew.jobs.len()).saturating_sub(1).max(1),
             };
         }
+        self.report.sized(self.steer.pool().slots(*cap));
         if self.plan.verbose {
             let sig = if grow { "SIGUSR1" } else { "SIGUSR2" };
             match *cap {
