@@ -162,16 +162,16 @@ fn a_heavy_recipe_beside_five_plain_jobs_never_exceeds_the_pool() {
 }
 
 /// The race made sharper: A's jsrun takes the one free token at once (q and p1 hold
-/// the rest), then waits for its third slot while p1 (1.5 s) gives its token back and
+/// the rest), then waits for its third slot while p1 (1.2 s) gives its token back and
 /// make reads it again at once for p2. Losing that one race must not look like a
 /// deadlock: A waits for p2 (or q) to end rather than run beside p2 after 2 s.
 #[test]
 fn a_heavy_recipe_that_loses_one_race_waits_for_its_whole_set() {
     let rules = [
         ("A", "", "--sleep-ms 1000"),
-        ("q", "", "--sleep-ms 3500"),
-        ("p1", "", "--sleep-ms 1500"),
-        ("p2", "p1", "--sleep-ms 1500"),
+        ("q", "", "--sleep-ms 3000"),
+        ("p1", "", "--sleep-ms 1200"),
+        ("p2", "p1", "--sleep-ms 1200"),
     ];
     let bad = heavy_beside_plain(&rules, 10);
     assert!(
