@@ -797,7 +797,9 @@ impl Running {
         let command = format!("{cmd:?}");
         let stdout = prefix.root.join("log/stdout");
         let stderr = prefix.root.join("log/stderr");
-        let child = cmd
+        // The test's SIGINT must reach a jsrun that has not inherited it ignored
+        // (a suite started with `&` from a non-interactive shell).
+        let child = crate::util::default_signals(cmd)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("stdout file"))
             .stderr(File::create(&stderr).expect("stderr file"))

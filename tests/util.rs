@@ -371,6 +371,20 @@ impl Cmd {
     }
 }
 
+/// Makes `cmd` start with every signal at its default disposition and none
+/// blocked, as [`Cmd`] does: for the few tests that build a
+/// `std::process::Command` of their own.
+pub fn default_signals(cmd: &mut Command) -> &mut Command {
+    // SAFETY: between fork and exec only sigaction and sigprocmask are
+    // called, both async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            reset_signals();
+            Ok(())
+        })
+    }
+}
+
 /// Every signal at its default disposition and none blocked, so the command
 /// starts the same whether the tests run from a terminal, in the background
 /// of a shell (SIGINT ignored) or under CI.
