@@ -235,7 +235,8 @@ fn style_seen(sandbox: &Sandbox, runtime: &Path, round: &str) -> (String, String
 /// The make version is asked once and remembered under
 /// `$XDG_RUNTIME_DIR/jsrun`; a make replaced at the same path is asked again,
 /// whether it is a new file renamed into place or the same file written over in
-/// place with its size and mtime as before (only its ctime moves).
+/// place with its size and mtime as before (only its ctime moves). A script
+/// named make is asked every time.
 #[test]
 fn the_make_version_is_remembered_and_a_replaced_make_is_asked_again() {
     let sandbox = Sandbox::new();
@@ -309,6 +310,24 @@ fn the_make_version_is_remembered_and_a_replaced_make_is_asked_again() {
         "make 4.3 renamed into place: a pipe, {auth}\n{stderr}"
     );
     assert!(!stderr.contains("remembered"), "asked again\n{stderr}");
+
+    // A script named make may run any make: asked every time.
+    let script = bin.join("make.sh");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", make43().display()),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&script, &make).unwrap();
+    for round in ["script", "script-again"] {
+        let (auth, stderr) = style_seen(&sandbox, &runtime, round);
+        assert!(
+            !auth.starts_with("fifo:"),
+            "{round}: a pipe, {auth}\n{stderr}"
+        );
+        assert!(!stderr.contains("remembered"), "{round}: asked\n{stderr}");
+    }
 }
 
 /// The remembered answer for make 4.3 (`bin/make`) written by the test as a
