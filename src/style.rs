@@ -96,9 +96,9 @@ pub fn default(template: &Template, verbose: bool) -> Style {
         false => Style::Fifo,
     };
     if verbose {
-        let knows = match style {
-            Style::Pipe => "which only knows pipe jobservers",
-            Style::Fifo => "which knows fifo jobservers",
+        let (knows, name) = match style {
+            Style::Pipe => ("which only knows pipe jobservers", "pipe"),
+            Style::Fifo => ("which knows fifo jobservers", "fifo"),
         };
         let source = match &answer.remembered {
             Some(file) => format!(" (remembered in {})", file.display()),
@@ -106,18 +106,10 @@ pub fn default(template: &Template, verbose: bool) -> Style {
         };
         crate::say!(
             "jsrun: {what} is GNU make {major}.{minor}{source}, {knows}: using \
-             --jobserver-style={}",
-            style_name(style)
+             --jobserver-style={name}"
         );
     }
     style
-}
-
-fn style_name(style: Style) -> &'static str {
-    match style {
-        Style::Fifo => "fifo",
-        Style::Pipe => "pipe",
-    }
 }
 
 #[cfg(test)]
