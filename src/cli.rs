@@ -85,8 +85,9 @@ pub struct Cli {
     #[arg(short = 'k', long)]
     pub keep_going: bool,
 
-    /// Kind of jobserver to create. Default: fifo, or pipe when the command is a GNU make
-    /// older than 4.4.
+    /// Kind of jobserver to create. Default: fifo, or pipe when a GNU make older than 4.4
+    /// may read it (the make the command runs, else the make on PATH), unless the command
+    /// runs ninja, samu or emerge.
     #[arg(long, value_enum, value_name = "STYLE")]
     pub jobserver_style: Option<Style>,
 
@@ -991,6 +992,17 @@ Rewritten like MAKEFLAGS when jsrun serves a jobserver.
 Where jsrun creates the private directory of its fifo, when TMPDIR is absolute and holds
 no blanks; else /tmp.
 .TP
+.B XDG_RUNTIME_DIR, XDG_CACHE_HOME, HOME
+jsrun remembers the version of each make it asked (to choose the style of a jobserver it
+creates) in
+.BR $XDG_RUNTIME_DIR/jsrun/make\-versions ,
+else under
+.B $XDG_CACHE_HOME/jsrun
+or
+.BR ~/.cache/jsrun ,
+keyed by the binary's device, inode, size, mtime and ctime. A file another user could
+write is not read; a missing or unwritable one only means make is asked again.
+.TP
 .B JSRUN_PROC_DIR
 A directory whose
 .BR loadavg ,
@@ -1024,9 +1036,19 @@ a daemon started by a job still holds one.
 .TP
 .B "invalid \-\-jobserver\-auth string \(aqfifo:...\(aq"
 make 4.3 says this when it was started under a fifo jobserver, which it cannot read.
-jsrun picks a pipe when it starts make itself, but a make further down (e.g. started by a
-script) cannot be detected: use
+jsrun picks a pipe when it starts make itself (also behind nice, env and the like) or when
+the make on PATH is older than 4.4, but a make found elsewhere by a script cannot be
+detected: use
 .BR \-\-jobserver\-style=pipe .
+.TP
+.B "Pipe\-based protocol is not supported!"
+ninja says this (Portage: "Unsupported jobserver type") when the make on PATH is older
+than 4.4 and jsrun did not see ninja or emerge in the command (a shell line or a script
+runs it);
+.B \-v
+names the word that decided. Use
+.B \-\-jobserver\-style=fifo
+when no make older than 4.4 runs below.
 .TP
 .B "command not found: line (did you mean \-Oline? ...)"
 As in make, the mode of

@@ -14,7 +14,9 @@ mod govern;
 mod info;
 // Public for tests/fuzz.rs, which drives the parsers directly; the rest is the binary's.
 pub mod jobs;
+mod launcher;
 mod limits;
+mod make_version;
 pub mod makeflags;
 mod output;
 mod pollset;
@@ -28,6 +30,7 @@ mod slots;
 mod spawn;
 mod status;
 mod steer;
+mod style;
 mod supervise;
 mod sys;
 mod verdict;

@@ -16,9 +16,10 @@ use crate::bridge::Bridge;
 use crate::cli::Config;
 use crate::client::{Client, OpenError};
 use crate::govern::Governor;
-use crate::jobs::{self, template::Template};
+use crate::jobs::template::Template;
 use crate::makeflags::{self, Auth, MakeFlags};
 use crate::server::{self, Mismatch, Server, Style};
+use crate::style;
 
 /// The variables a jobserver is looked for in, in this order. MAKEFLAGS first, as make
 /// reads it; CARGO_MAKEFLAGS is how cargo hands its jobserver to build scripts; the first
@@ -112,14 +113,14 @@ impl Pool {
                     Some(n) if client.is_device() => cap.min(n),
                     _ => cap,
                 };
-                if !wants_bridge(config, template, &found.auth) {
+                let Some(why) = wants_bridge(config, template, &found.auth) else {
                     return Ok((Pool::Inherited(client), cap));
-                }
+                };
                 let bridge = Bridge::new(&found.auth, found.advertised, config.jobserver_group)?;
                 if config.verbose {
                     crate::say!(
                         "jsrun: bridging the pipe jobserver {} to --jobserver-auth={} for the \
-                         children, which speak only fifo",
+                         children ({why})",
                         found.auth,
                         bridge.inner_auth()
                     );
@@ -186,7 +187,7 @@ impl Pool {
     fn serve(config: &Config, n: usize, template: &Template) -> Result<Pool> {
         let style = match config.jobserver_style {
             Some(style) => style,
-            None => default_style(template, config.verbose),
+            None => style::default(template, config.verbose),
         };
         let (server, client) = Server::create(style, n, config.jobserver_group)
             .context("cannot create a jobserver")?;
@@ -330,107 +331,15 @@ fn auth_words(auth: &Auth) -> String {
     }
 }
 
-/// Programs that speak only the fifo style (upstream ninja, samurai, Portage).
-const FIFO_ONLY: [&str; 3] = ["ninja", "samu", "emerge"];
-
-/// Whether the command speaks only the fifo style.
-fn fifo_only(template: &Template) -> bool {
-    let name = template
-        .constant_program()
-        .map(Path::new)
-        .and_then(Path::file_name)
-        .unwrap_or_default();
-    FIFO_ONLY.iter().any(|&n| name == n)
-}
-
-/// A bridge for children under a pipe pool: asked for with `--jobserver-style=fifo`, or
-/// by default for a command that speaks only fifo.
-fn wants_bridge(config: &Config, template: &Template, auth: &Auth) -> bool {
-    matches!(auth, Auth::Pipe { .. })
-        && match config.jobserver_style {
-            Some(style) => style == Style::Fifo,
-            None => fifo_only(template),
-        }
-}
-
-/// The style of a pool jsrun creates, when `--jobserver-style` does not say: fifo, unless
-/// a GNU make older than 4.4 may read it, which dies on a fifo ("invalid --jobserver-auth
-/// string"). That make is the command itself when it is `make` or `gmake`, else the `make`
-/// on PATH, which any command may run (`nice make`, `sh -c make`, a build script). Commands
-/// that speak only fifo keep it. One `--version` probe at most.
-fn default_style(template: &Template, verbose: bool) -> Style {
-    if fifo_only(template) {
-        return Style::Fifo;
+/// Why the children get a bridge under a pipe pool, if they do: `--jobserver-style=fifo`,
+/// or by default a command that runs a program speaking only fifo.
+fn wants_bridge(config: &Config, template: &Template, auth: &Auth) -> Option<String> {
+    if !matches!(auth, Auth::Pipe { .. }) {
+        return None;
     }
-    let program = template.constant_program().map(Path::new);
-    let name = program.and_then(Path::file_name).unwrap_or_default();
-    let (make, why) = match program {
-        Some(program) if name == "make" || name == "gmake" => (program.as_os_str(), "the command"),
-        _ => (
-            "make".as_ref(),
-            "the make on PATH, which the command may run",
-        ),
-    };
-    let Ok(path) = jobs::resolve(make) else {
-        return Style::Fifo;
-    };
-    match make_version(&path) {
-        Some(v) if v < (4, 4) => {
-            if verbose {
-                crate::say!(
-                    "jsrun: {} ({why}) is GNU make {}.{}, which only knows pipe jobservers: \
-                     using --jobserver-style=pipe",
-                    path.display(),
-                    v.0,
-                    v.1
-                );
-            }
-            Style::Pipe
-        }
-        _ => Style::Fifo,
-    }
-}
-
-/// Asks `make --version`.
-fn make_version(path: &Path) -> Option<(u32, u32)> {
-    let out = std::process::Command::new(path)
-        .arg("--version")
-        .env_remove("MAKEFLAGS")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    gnu_make_version(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// `(major, minor)` from the first line of `make --version`: "GNU Make 4.3".
-fn gnu_make_version(text: &str) -> Option<(u32, u32)> {
-    let rest = text.lines().next()?.strip_prefix("GNU Make ")?;
-    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    Some((major, minor))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn make_versions() {
-        let cases = [
-            (
-                "GNU Make 4.3\nBuilt for x86_64-pc-linux-gnu\n",
-                Some((4, 3)),
-            ),
-            ("GNU Make 4.4.1\n", Some((4, 4))),
-            ("GNU Make 3.82\n", Some((3, 82))),
-            ("GNU Make 4.4.90\n", Some((4, 4))),
-            ("bmake 20240711\n", None),
-            ("", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(gnu_make_version(text), want, "{text:?}");
-        }
+    match config.jobserver_style {
+        Some(Style::Fifo) => Some("--jobserver-style=fifo".into()),
+        Some(Style::Pipe) => None,
+        None => style::fifo_only(template).map(|word| format!("{word} speaks only fifo")),
     }
 }

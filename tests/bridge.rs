@@ -77,6 +77,36 @@ fn a_command_named_ninja_is_bridged_by_default_and_the_pipe_gets_its_bytes_back(
     assert_eq!(sorted(&pool.drain()), b"xyz");
 }
 
+/// make 4.3 -j4 runs `+jsrun -v -- nice ninja` (the stand-in named `ninja`,
+/// behind `nice`): bridged without being told, `-v` names the word that
+/// decided, and the client's 8 jobs run 4 at once.
+#[test]
+fn a_fifo_only_client_behind_nice_under_make43_is_bridged_by_default() {
+    let sandbox = Sandbox::new();
+    let bin = sandbox.join("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(example("fifo_client"), bin.join("ninja")).unwrap();
+    let mut words = fifo_client(&sandbox, 8, 4);
+    words[0] = "ninja".into();
+    let client = shell_words(&words);
+    let jsrun = shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())]);
+    sandbox.write(
+        "Makefile",
+        format!(".PHONY: all\nall:\n\t+{jsrun} -v -- nice {client}\n"),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let output = sandbox.command(make43()).env("PATH", path).arg("-j4").run();
+    output
+        .success()
+        .stderr_contains("bridging the pipe jobserver")
+        .stderr_contains("'ninja' (word 2 of the command) speaks only fifo")
+        .stderr_lacks("not supported")
+        .stderr_lacks("INTERNAL");
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(8), "{}", log.dump());
+    assert_eq!(log.peak(), 4, "{}\n{}", log.dump(), output.report());
+}
+
 /// SIGTERM while the client's jobs hold bridged tokens: jsrun passes it on,
 /// dies of it, and every byte is back in the outer pipe; the bridge's fifo and
 /// its directory are gone.

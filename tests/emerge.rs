@@ -245,6 +245,55 @@ fn emerge_under_jsrun_under_make43_uses_all_four_slots_through_the_bridge() {
     );
 }
 
+/// `jsrun -j4 -- python3 EMERGE` with make 4.3 first on PATH: the command is
+/// python3, but the script it runs is emerge, which speaks only fifo, so jsrun
+/// serves a fifo (a pipe would give "Unsupported jobserver type" and all 8
+/// builds at once) and emerge builds 4 packages at once in it.
+#[test]
+fn emerge_through_python3_with_make43_on_path_gets_a_fifo_and_uses_all_four_slots() {
+    let _serial = serial();
+    let prefix = Prefix::new("python");
+    prefix.expect_at_once(4);
+    let bin = prefix.root.join("make43-on-path");
+    fs::create_dir(&bin).expect("mkdir make43-on-path");
+    symlink(crate::util::make43(), bin.join("make")).expect("link make 4.3");
+    let mut cmd = prefix.command(jsrun());
+    let path = cmd
+        .get_envs()
+        .find_map(|(k, v)| (k == "PATH").then_some(v).flatten())
+        .expect("the prefix's PATH")
+        .to_owned();
+    let mut path_43 = bin.into_os_string();
+    path_43.push(":");
+    path_43.push(path);
+    cmd.env("PATH", path_43)
+        .args(["-j4", "-v", "--", "python3", "-u"])
+        .arg(emerge())
+        .args(prefix.emerge_args());
+    let out = run(&mut cmd, &prefix);
+    out.assert_success();
+    assert!(
+        !out.stderr.contains("Unsupported jobserver type"),
+        "emerge got a pipe\n{out}"
+    );
+    assert!(
+        out.stderr
+            .contains("(word 3 of the command) speaks only fifo"),
+        "-v names the word that decided\n{out}"
+    );
+    let makeflags = prefix.makeflags(&out);
+    assert!(
+        jobserver_fifo(&makeflags).is_some(),
+        "emerge must get a fifo, MAKEFLAGS {makeflags:?}\n{out}"
+    );
+    assert_no_token_warning(&out);
+    assert_eq!(
+        prefix.peak(&out),
+        4,
+        "3 tokens + emerge's implicit slot\n{out}"
+    );
+}
+
 /// Negative control: the same jsrun server as the first test, but emerge
 /// learns the jobserver from make.conf only, not from its environment. Then
 /// Portage believes it is the top-level client, reads a token for every build
@@ -797,7 +846,9 @@ impl Running {
         let command = format!("{cmd:?}");
         let stdout = prefix.root.join("log/stdout");
         let stderr = prefix.root.join("log/stderr");
-        let child = cmd
+        // The test's SIGINT must reach a jsrun that has not inherited it ignored
+        // (a suite started with `&` from a non-interactive shell).
+        let child = crate::util::default_signals(cmd)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("stdout file"))
             .stderr(File::create(&stderr).expect("stderr file"))

@@ -483,33 +483,60 @@ fn fd_limit_delays_jobs_but_all_complete() {
 /// `nobody` other tests starting and ending processes would change the
 /// count between the test's measurement and the spawn. The first three
 /// jobs wait at a barrier until jsrun has said it cannot start the fourth,
-/// so the limit is reached in every run, whatever the timing. As another
-/// user the test cannot change uid; it says it skipped.
+/// so the limit is reached in every run, whatever the timing. That uid may
+/// not be able to reach the build's binaries (a checkout in a private home
+/// or `mktemp -d`): it runs copies of jsrun and the probe in the sandbox.
+/// As another user than root, or with a sandbox that other users cannot
+/// reach, the test says loudly that it could not run.
 #[test]
 fn process_limit_delays_jobs_but_all_complete() {
+    const TEST: &str = "faults::process_limit_delays_jobs_but_all_complete";
     if !is_root() {
-        eprintln!(
-            "note: process_limit_delays_jobs_but_all_complete needs root to run jsrun under a uid of its own; skipped"
-        );
+        crate::util::machine_cannot(TEST, "only root can run jsrun under a uid of its own");
         return;
     }
     let uid = crate::util::private_uid();
     let sandbox = Sandbox::new();
+    if let Some(dir) = sandbox
+        .path()
+        .ancestors()
+        .skip(1)
+        .find(|dir| fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+    {
+        crate::util::machine_cannot(
+            TEST,
+            &format!(
+                "other users cannot enter {}, which holds the sandbox: point TMPDIR elsewhere",
+                dir.display()
+            ),
+        );
+        return;
+    }
     fs::set_permissions(sandbox.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let jsrun = sandbox.join("jsrun");
+    let probe = sandbox.join("probe");
+    for (from, to) in [
+        (crate::util::jsrun_bin(), &jsrun),
+        (crate::util::probe_bin(), &probe),
+    ] {
+        fs::copy(&from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
     let pool = FifoJobserver::new(&sandbox, b"abcdefg");
     fs::set_permissions(pool.path(), fs::Permissions::from_mode(0o666)).unwrap();
     let barrier = sandbox.join("barrier");
-    let probe = sandbox
+    let probe_job = sandbox
         .probe()
         .id("{}")
         .barrier_deadline(&barrier, 4, 30_000);
+    let mut words = probe_job.words();
+    words[0] = path_str(&probe);
     // jsrun itself and three jobs; nothing else runs under this uid.
     let mut running = sandbox
-        .jsrun()
+        .command(&jsrun)
         .fifo_jobserver(&pool)
         .rlimit(libc::RLIMIT_NPROC, 4)
         .user(uid, uid)
-        .args(probe.words())
+        .args(words)
         .arg(":::")
         .args(values(8))
         .spawn();

@@ -1100,7 +1100,7 @@ fn output_sync_job_does_not_load_a_spilled_output_into_memory() {
     for variable in ["MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "GNUMAKEFLAGS"] {
         command.env_remove(variable);
     }
-    let child = command
+    let child = crate::util::default_signals(&mut command)
         .args(["-O", "head", "-c", &SIZE.to_string(), "/dev/zero"])
         .current_dir(sandbox.path())
         .stdin(Stdio::null())

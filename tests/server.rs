@@ -101,23 +101,317 @@ fn bin_with_make43(sandbox: &Sandbox, probe_names: &[&str]) -> String {
 /// pipe, which make 4.3 understands.
 #[test]
 fn make43_on_path_gets_a_pipe_pool_whatever_starts_it() {
-    for command in [
-        &["nice", "make"][..],
-        &["sh", "-c", "make"],
-        &["env", "CC=cc", "make"],
+    for (command, decided_by) in [
+        (&["nice", "make"][..], "'make' (word 2 of the command)"),
+        (&["sh", "-c", "make"], "the make on PATH"),
+        (&["env", "CC=cc", "make"], "'make' (word 3 of the command)"),
+        (
+            &["nice", "-n", "5", "gmake"],
+            "'gmake' (word 4 of the command)",
+        ),
     ] {
         let sandbox = Sandbox::new();
         six_probe_makefile(&sandbox);
         let path = bin_with_make43(&sandbox, &[]);
+        std::os::unix::fs::symlink(make43(), sandbox.join("bin/gmake")).unwrap();
         let output = sandbox
             .jsrun()
             .env("PATH", path)
             .args(["-j3", "-v", "--"])
             .args(command)
             .run();
-        output.stderr_contains("--jobserver-style=pipe");
+        output
+            .stderr_contains("--jobserver-style=pipe")
+            .stderr_contains(decided_by);
         assert_three_at_once(&sandbox, &output);
     }
+}
+
+/// A Python script `name` in `dir` that runs the probe with its own arguments:
+/// a stand-in for Portage's emerge started as `python3 SCRIPT`.
+fn python_stand_in(dir: &Path, name: &str) -> String {
+    fs::create_dir_all(dir).unwrap();
+    let probe = crate::util::path_str(&crate::util::probe_bin());
+    let script = dir.join(name);
+    fs::write(
+        &script,
+        format!("import os, sys\nos.execv({probe:?}, [{probe:?}] + sys.argv[1:])\n"),
+    )
+    .unwrap();
+    crate::util::path_str(&script)
+}
+
+/// With make 4.3 first on PATH, a fifo-only program behind wrappers (nice, env,
+/// stdbuf, timeout) or a Python interpreter still gets a fifo pool, and `-v`
+/// names the word that decided. Another program behind the same wrappers gets a
+/// pipe.
+#[test]
+fn fifo_only_programs_behind_wrappers_and_python_keep_a_fifo_when_make_on_path_is_old() {
+    let sandbox = Sandbox::new();
+    let path = bin_with_make43(&sandbox, &["ninja", "samu", "emerge", "tool"]);
+    let script = python_stand_in(&sandbox.join("portage"), "emerge");
+    let other_script = python_stand_in(&sandbox.join("portage"), "tool");
+    let cases: &[(&[&str], Option<&str>)] = &[
+        (&["nice", "ninja"], Some("'ninja' (word 2 of the command)")),
+        (&["nice", "-n", "5", "ninja"], Some("'ninja' (word 4")),
+        (&["env", "X=1", "samu"], Some("'samu' (word 3")),
+        (
+            &["env", "-u", "HOME", "nice", "emerge"],
+            Some("'emerge' (word 5"),
+        ),
+        (
+            &["stdbuf", "-oL", "timeout", "60", "ninja"],
+            Some("'ninja' (word 5"),
+        ),
+        (&["python3", &script], Some("(word 2 of the command)")),
+        (&["nice", "python3", "-u", &script], Some("(word 4")),
+        (&["nice", "tool"], None),
+        (&["env", "X=1", "python3", &other_script], None),
+    ];
+    for (i, &(command, decided_by)) in cases.iter().enumerate() {
+        let seen = sandbox.join(format!("seen-{i}"));
+        let words = sandbox.probe().env_out(&seen).words();
+        let output = sandbox
+            .jsrun()
+            .env("PATH", &path)
+            .args(["-j2", "-v", "--"])
+            .args(command)
+            .args(&words[1..])
+            .run();
+        output.success();
+        let auth = jobserver_auth(&Seen::read(&seen).var("MAKEFLAGS").unwrap()).unwrap();
+        let fifo = auth.starts_with("fifo:");
+        assert_eq!(
+            fifo,
+            decided_by.is_some(),
+            "{command:?}: {auth}\n{}",
+            output.report()
+        );
+        if let Some(word) = decided_by {
+            output
+                .stderr_contains(word)
+                .stderr_contains("speaks only fifo: using --jobserver-style=fifo");
+        } else {
+            output.stderr_contains("the make on PATH the command may run, is GNU make 4.3");
+        }
+    }
+}
+
+/// `bytes` of `make`, padded with zeros to `size` (an ELF binary ignores what
+/// follows its segments): two makes of one size.
+fn padded(make: &Path, size: usize) -> Vec<u8> {
+    let mut bytes = fs::read(make).unwrap();
+    assert!(
+        bytes.len() <= size,
+        "{} is larger than {size}",
+        make.display()
+    );
+    bytes.resize(size, 0);
+    bytes
+}
+
+/// What the probe `tool` saw in MAKEFLAGS under `jsrun -j2 -v`, with `make`
+/// in `bin` first on PATH and `runtime` as XDG_RUNTIME_DIR; and jsrun's
+/// stderr.
+fn style_seen(sandbox: &Sandbox, runtime: &Path, round: &str) -> (String, String) {
+    let seen = sandbox.join(format!("seen-{round}"));
+    let words = sandbox.probe().env_out(&seen).words();
+    let path = format!("{}:{}", sandbox.str("bin"), std::env::var("PATH").unwrap());
+    let output = sandbox
+        .jsrun()
+        .env("PATH", path)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .args(["-j2", "-v", "--", "tool"])
+        .args(&words[1..])
+        .run();
+    output
+        .success()
+        .stderr_lacks("warning")
+        .stderr_lacks("error");
+    let auth = jobserver_auth(&Seen::read(&seen).var("MAKEFLAGS").unwrap()).unwrap();
+    (auth, output.stderr.clone())
+}
+
+/// The make version is asked once and remembered under
+/// `$XDG_RUNTIME_DIR/jsrun`; a make replaced at the same path is asked again,
+/// whether it is a new file renamed into place or the same file written over in
+/// place with its size and mtime as before (only its ctime moves). A script
+/// named make is asked every time.
+#[test]
+fn the_make_version_is_remembered_and_a_replaced_make_is_asked_again() {
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.join("runtime");
+    fs::create_dir(&runtime).unwrap();
+    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
+    let bin = sandbox.join("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(crate::util::probe_bin(), bin.join("tool")).unwrap();
+    let size = fs::metadata(make43())
+        .unwrap()
+        .len()
+        .max(fs::metadata(make44()).unwrap().len());
+    let size = usize::try_from(size).unwrap();
+    let (old, new) = (padded(&make43(), size), padded(&make44(), size));
+    let make = bin.join("make");
+    fs::write(&make, &old).unwrap();
+    fs::set_permissions(&make, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (auth, stderr) = style_seen(&sandbox, &runtime, "asked");
+    assert!(
+        !auth.starts_with("fifo:"),
+        "make 4.3: a pipe, {auth}\n{stderr}"
+    );
+    assert!(!stderr.contains("remembered"), "{stderr}");
+    let (auth, stderr) = style_seen(&sandbox, &runtime, "remembered");
+    assert!(
+        !auth.starts_with("fifo:"),
+        "make 4.3: a pipe, {auth}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "remembered in {}",
+            runtime.join("jsrun/make-versions").display()
+        )),
+        "the second run takes the version from the file\n{stderr}"
+    );
+
+    // make 4.4.1 written over make 4.3 in place: same inode, size and mtime.
+    let before = fs::metadata(&make).unwrap();
+    let mut file = fs::OpenOptions::new().write(true).open(&make).unwrap();
+    std::io::Write::write_all(&mut file, &new).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    let after = fs::metadata(&make).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (after.ino(), after.size(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.size(),
+            before.mtime(),
+            before.mtime_nsec()
+        )
+    );
+    let (auth, stderr) = style_seen(&sandbox, &runtime, "in-place");
+    assert!(
+        auth.starts_with("fifo:"),
+        "make 4.4.1 in place: a fifo, {auth}\n{stderr}"
+    );
+    assert!(!stderr.contains("remembered"), "asked again\n{stderr}");
+
+    // make 4.3 again, a new file renamed into place.
+    let tmp = bin.join("make.new");
+    fs::write(&tmp, &old).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&tmp, &make).unwrap();
+    let (auth, stderr) = style_seen(&sandbox, &runtime, "renamed");
+    assert!(
+        !auth.starts_with("fifo:"),
+        "make 4.3 renamed into place: a pipe, {auth}\n{stderr}"
+    );
+    assert!(!stderr.contains("remembered"), "asked again\n{stderr}");
+
+    // A script named make may run any make: asked every time.
+    let script = bin.join("make.sh");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", make43().display()),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&script, &make).unwrap();
+    for round in ["script", "script-again"] {
+        let (auth, stderr) = style_seen(&sandbox, &runtime, round);
+        assert!(
+            !auth.starts_with("fifo:"),
+            "{round}: a pipe, {auth}\n{stderr}"
+        );
+        assert!(!stderr.contains("remembered"), "{round}: asked\n{stderr}");
+    }
+}
+
+/// The remembered answer for make 4.3 (`bin/make`) written by the test as a
+/// lie: make 4.4. In a file of the user's own it is believed (so the test
+/// knows the file is read); in one that others may write, or that belongs to
+/// another user, it is ignored and make is asked. A corrupt file, or an
+/// XDG_RUNTIME_DIR that is not a directory, is no error either.
+#[test]
+fn a_remembered_version_is_believed_only_from_a_file_no_other_user_could_write() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.join("runtime");
+    fs::create_dir_all(runtime.join("jsrun")).unwrap();
+    fs::set_permissions(runtime.join("jsrun"), fs::Permissions::from_mode(0o700)).unwrap();
+    bin_with_make43(&sandbox, &["tool"]);
+    let m = fs::metadata(make43()).unwrap();
+    let lie = format!(
+        "jsrun make-versions 1\n{} {} {} {} {} {} {} 4 4\n",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    );
+    let file = runtime.join("jsrun/make-versions");
+    let plant = |text: &str, mode: u32| {
+        let _ = fs::remove_file(&file);
+        fs::write(&file, text).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    plant(&lie, 0o600);
+    let (auth, stderr) = style_seen(&sandbox, &runtime, "own");
+    assert!(
+        auth.starts_with("fifo:"),
+        "the user's own file is believed: {auth}\n{stderr}"
+    );
+    assert!(stderr.contains("remembered in"), "{stderr}");
+
+    for mode in [0o620, 0o602] {
+        plant(&lie, mode);
+        let (auth, stderr) = style_seen(&sandbox, &runtime, &format!("mode-{mode:o}"));
+        assert!(
+            !auth.starts_with("fifo:"),
+            "mode {mode:o}: make is asked, {auth}\n{stderr}"
+        );
+        assert!(!stderr.contains("remembered"), "{stderr}");
+    }
+
+    if crate::util::is_root() {
+        plant(&lie, 0o600);
+        // A file of another user: nobody's.
+        std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+        let (auth, stderr) = style_seen(&sandbox, &runtime, "other-user");
+        assert!(
+            !auth.starts_with("fifo:"),
+            "another user's file: make is asked, {auth}\n{stderr}"
+        );
+        assert!(!stderr.contains("remembered"), "{stderr}");
+    } else {
+        crate::util::machine_cannot(
+            "a_remembered_version_is_believed_only_from_a_file_no_other_user_could_write \
+             (the file of another user)",
+            "only root can give a file to another user",
+        );
+    }
+
+    plant("jsrun make-versions 1\n\0garbage 1 2\nmore\n", 0o600);
+    let (auth, stderr) = style_seen(&sandbox, &runtime, "corrupt");
+    assert!(
+        !auth.starts_with("fifo:"),
+        "a corrupt file: make is asked, {auth}\n{stderr}"
+    );
+    let (_, stderr) = style_seen(&sandbox, &runtime, "rewritten");
+    assert!(
+        stderr.contains("remembered in"),
+        "the corrupt file was replaced\n{stderr}"
+    );
+
+    let not_a_dir = sandbox.write("not-a-dir", "");
+    let (auth, stderr) = style_seen(&sandbox, &not_a_dir, "not-a-dir");
+    assert!(!auth.starts_with("fifo:"), "{auth}\n{stderr}");
 }
 
 /// Under the same PATH, commands that speak only fifo (ninja, samu, emerge)

@@ -406,7 +406,13 @@ fn run_round(plan: &Plan, rng: &mut Rng) -> Done {
             .arg(crate::util::jsrun_bin()),
         false => sandbox.jsrun(),
     };
-    cmd = cmd.env("TMPDIR", &files.tmp).deadline(ROUND_DEADLINE);
+    // A place of the round's own to remember make versions in: the fake make is one
+    // binary that answers as the round says, and a round that waits for the probe needs
+    // jsrun to ask.
+    cmd = cmd
+        .env("TMPDIR", &files.tmp)
+        .env("XDG_RUNTIME_DIR", sandbox.path())
+        .deadline(ROUND_DEADLINE);
     cmd = match (plan.mode, &fifo_pool, &pipe_pool) {
         (Mode::FifoClient, Some(pool), _) => cmd.fifo_jobserver(pool),
         (Mode::PipeClient, _, Some(pool)) => cmd.pipe_jobserver(pool),

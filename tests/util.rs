@@ -90,6 +90,17 @@ pub fn ninja() -> PathBuf {
 /// chooses the style of the pool it creates from the make on PATH (pipe for
 /// make < 4.4, which Debian 12's /usr/bin/make is); with this PATH the tests
 /// see the fifo default. Tests of the pipe default set PATH themselves.
+/// The XDG_RUNTIME_DIR of the commands the tests start, where jsrun remembers make
+/// versions: one for the whole suite, not the user's own.
+fn runtime_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-runtime");
+        fs::create_dir_all(&dir).expect("create the XDG_RUNTIME_DIR of the tests");
+        dir
+    })
+}
+
 fn path_with_make44() -> OsString {
     static PATH: std::sync::OnceLock<OsString> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
@@ -218,6 +229,7 @@ impl Sandbox {
             cmd.env_remove(variable);
         }
         cmd.env("PATH", path_with_make44());
+        cmd.env("XDG_RUNTIME_DIR", runtime_dir());
         Cmd {
             cmd,
             stdin: Input::Null,
@@ -356,6 +368,20 @@ impl Cmd {
     /// Spawns and waits (with the deadline).
     pub fn run(self) -> Output {
         self.spawn().wait()
+    }
+}
+
+/// Makes `cmd` start with every signal at its default disposition and none
+/// blocked, as [`Cmd`] does: for the few tests that build a
+/// `std::process::Command` of their own.
+pub fn default_signals(cmd: &mut Command) -> &mut Command {
+    // SAFETY: between fork and exec only sigaction and sigprocmask are
+    // called, both async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            reset_signals();
+            Ok(())
+        })
     }
 }
 

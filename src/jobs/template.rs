@@ -60,11 +60,19 @@ impl Template {
 
     /// The first argument, when no job can change it: resolve the program only once.
     pub fn constant_program(&self) -> Option<&OsStr> {
-        match self.args.first()?.as_slice() {
-            [Piece::Text(t)] => Some(OsStr::from_bytes(t)),
-            [] => Some(OsStr::new("")),
-            _ => None,
-        }
+        self.constant_words().first().copied().flatten()
+    }
+
+    /// Each argument as it is for every job, `None` where a job's value goes.
+    pub fn constant_words(&self) -> Vec<Option<&OsStr>> {
+        self.args
+            .iter()
+            .map(|pieces| match pieces.as_slice() {
+                [Piece::Text(t)] => Some(OsStr::from_bytes(t)),
+                [] => Some(OsStr::new("")),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Whether `{%}` appears: the rendering depends on the slot.
