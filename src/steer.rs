@@ -214,8 +214,21 @@ impl<'p> Steer<'p> {
     }
 
     /// Whether jsrun's own jobs may take tokens: not while its pool is held back.
+    /// While the memory guard paces starts, not before it lets the next one start.
     pub fn may_take(&self) -> bool {
+        let slots = self.governor.as_ref().map_or(1, Governor::slots);
         self.governor.as_ref().is_none_or(Governor::may_take)
+            && self
+                .guard
+                .as_ref()
+                .is_none_or(|g| g.may_start(Instant::now(), slots))
+    }
+
+    /// One of jsrun's own jobs started.
+    pub fn started(&mut self, now: Instant) {
+        if let Some(guard) = &mut self.guard {
+            guard.started(now);
+        }
     }
 
     /// Under another pool a limit keeps jsrun's own jobs down to one (a pool of jsrun's

@@ -476,3 +476,43 @@ fn memory_that_is_short_but_steady_pauses_nothing() {
         .stderr_contains(", nothing paused")
         .stderr_lacks("jsrun: paused");
 }
+
+/// The spans of jobs in a trace: (start µs, name), by start.
+fn job_spans(trace: &Path) -> Vec<(u64, String)> {
+    let text = fs::read_to_string(trace).expect("the trace");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the trace is JSON");
+    let mut spans: Vec<(u64, String)> = json["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["args"]["seq"].is_u64())
+        .map(|e| {
+            let ts = e["ts"].as_u64().expect("ts");
+            (ts, e["name"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    spans.sort();
+    spans
+}
+
+/// 476 MiB above a limit of 1 GiB, 4 slots: the room holds less than one limit's worth of
+/// memory per slot, so starts are paced: by jsrun's own clock (the trace), each job started
+/// at least 150 ms after the one before, though all 4 were ready at once.
+#[test]
+fn the_first_wave_is_paced_when_the_room_is_tight() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    memory.set(1500);
+    let trace = sandbox.join("trace.json");
+    let options = ["--trace", trace.to_str().unwrap()];
+    let ids = ["1", "2", "3", "4"];
+    let (mut running, _) = start_grow(&sandbox, &memory, &ids, &options);
+    release_all(&sandbox, &ids);
+    running.wait().success();
+    let spans = job_spans(&trace);
+    assert_eq!(spans.len(), 4, "{spans:?}");
+    for pair in spans.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= 150_000, "started {gap} µs apart: {spans:?}");
+    }
+}

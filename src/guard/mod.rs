@@ -73,8 +73,11 @@ impl Guard {
             min_available: limits.min_memory_avail,
             max_pressure: limits.max_memory_pressure,
         };
+        let mut policy = Policy::new(thresholds);
+        // The run's start counts as a start: the first wave is paced from the first job.
+        policy.started(Instant::now());
         (thresholds.min_available.is_some() || thresholds.max_pressure.is_some()).then(|| Guard {
-            policy: Policy::new(thresholds),
+            policy,
             limits: thresholds,
             clients_of,
             paused: Vec::new(),

@@ -86,6 +86,7 @@ impl<'a> Supervisor<'a> {
                     capture,
                 });
                 self.report.started(self.crew.jobs.len());
+                self.steer.started(Instant::now());
             }
             // Out of processes (RLIMIT_NPROC), fds or memory while other jobs run: try
             // again when one of them has ended, rather than fail a job that could run.
