@@ -506,7 +506,7 @@ fn the_first_wave_is_paced_when_the_room_is_tight() {
     let trace = sandbox.join("trace.json");
     let options = ["--trace", trace.to_str().unwrap()];
     let ids = ["1", "2", "3", "4"];
-    let (mut running, _) = start_grow(&sandbox, &memory, &ids, &options);
+    let (running, _) = start_grow(&sandbox, &memory, &ids, &options);
     release_all(&sandbox, &ids);
     running.wait().success();
     let spans = job_spans(&trace);
