@@ -11,6 +11,7 @@
 //! /proc only while memory is short or near it, or a job is paused: otherwise the guard
 //! costs one reading of memory per look, as holding back does.
 
+pub mod notify;
 pub mod oom;
 pub mod policy;
 pub mod tree;
@@ -44,6 +45,8 @@ pub struct Guard {
     off: bool,
     /// The OOM killer's counters and the jobs' oom_score_adj.
     oom: oom::Oom,
+    /// The kernel's word that usage crossed a mark.
+    marks: notify::Marks,
     /// The most jobs paused at once, the time with one or more paused, and since when.
     pub most: usize,
     pub time: Duration,
@@ -71,11 +74,13 @@ struct Found {
 impl Guard {
     /// A guard for `limits`, when they include a memory limit. `clients_of`: the pool's
     /// file when jobs are to be found below its clients.
-    /// `oom_counters`: the files that count the OOM killer's kills.
+    /// `oom_counters`: the files that count the OOM killer's kills; `v1_limits`: the cgroup
+    /// v1 memory cgroups with a limit, for marks.
     pub fn new(
         limits: &Limits,
         clients_of: Option<(u64, u64)>,
         oom_counters: Vec<std::path::PathBuf>,
+        v1_limits: &[(std::path::PathBuf, u64)],
         verbose: bool,
     ) -> Option<Guard> {
         let thresholds = Thresholds {
@@ -95,6 +100,10 @@ impl Guard {
             page: tree::page_size(),
             verbose,
             oom: oom::Oom::new(oom_counters),
+            marks: thresholds
+                .min_available
+                .map(|min| notify::Marks::new(v1_limits, min))
+                .unwrap_or_default(),
             off: false,
             most: 0,
             time: Duration::ZERO,
@@ -154,6 +163,16 @@ impl Guard {
     /// A job started (a token went out).
     pub fn started(&mut self, now: Instant) {
         self.policy.started(now);
+    }
+
+    /// The descriptors that say memory crossed a mark: poll them for reading.
+    pub fn mark_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
+        self.marks.fds()
+    }
+
+    /// Whether memory crossed a mark since the last call: look at once.
+    pub fn crossed(&self) -> bool {
+        self.marks.crossed()
     }
 
     /// A job of jsrun's own started: the OOM killer is to take it before jsrun.
