@@ -137,8 +137,19 @@ impl Guard {
                 cpu: f.cpu,
             })
             .collect();
-        // Paused jobs that are gone (killed from outside) are forgotten.
-        self.paused.retain(|p| found.iter().any(|f| f.key == p.key));
+        // A paused job no longer found (killed from outside, or its make died and it was
+        // reparented away) is continued, in case it lives on, and forgotten.
+        let (kept, lost): (Vec<Paused>, Vec<Paused>) = std::mem::take(&mut self.paused)
+            .into_iter()
+            .partition(|p| found.iter().any(|f| f.key == p.key));
+        self.paused = kept;
+        for paused in &lost {
+            tree::resume(paused.key.0, &paused.stopped);
+        }
+        if !lost.is_empty() {
+            self.book(now);
+            report.counter("jobs paused", self.paused.len());
+        }
         match self.policy.decide(now, &views) {
             Some(Action::Pause(i)) => self.pause(now, &found[i as usize], sample, report),
             Some(Action::Resume(i, why)) => {
