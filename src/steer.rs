@@ -204,8 +204,14 @@ impl<'p> Steer<'p> {
         }
     }
 
-    /// One of jsrun's own jobs ended: with a job paused, look again at once.
+    /// One of jsrun's own jobs ended: its peak is learnt, and with a job paused, jsrun looks
+    /// again at once.
     pub fn job_ended(&mut self, now: Instant) {
+        if let Some(guard) = &mut self.guard
+            && guard.runner()
+        {
+            guard.reaped();
+        }
         if self.guard.as_ref().is_some_and(Guard::has_paused)
             && let Some(limiter) = &mut self.limiter
         {

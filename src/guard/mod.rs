@@ -196,6 +196,18 @@ impl Guard {
         self.oom.killed()
     }
 
+    /// One of jsrun's own jobs ended and was reaped: the largest resident set of a process
+    /// jsrun (or a job) waited for, `getrusage(RUSAGE_CHILDREN)`'s `ru_maxrss`, teaches
+    /// the footprint of a job, even when no scan saw it.
+    pub fn reaped(&mut self) {
+        if let Ok(usage) =
+            nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        {
+            let kib = u64::try_from(usage.max_rss()).unwrap_or(0);
+            self.policy.ended(kib * 1024);
+        }
+    }
+
     /// Jobs are jsrun's own (the runner), not found below clients.
     pub fn runner(&self) -> bool {
         self.clients_of.is_none()
