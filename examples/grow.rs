@@ -6,10 +6,11 @@
 //!
 //! ```text
 //! grow [--mib MIB] [--secs S] [--hold-ms MS | --until FILE] [--lock FILE [--after FILE]]
-//!      [--log FILE] [--id ID] [--tick-ms MS] [--deadline-ms MS]
+//!      [--delay-ms MS] [--log FILE] [--id ID] [--tick-ms MS] [--deadline-ms MS]
 //! ```
 //! `--lock FILE`: takes an exclusive `flock` on FILE first (waiting for it, with no CPU)
-//! and holds it to the end; with `--after FILE`, only once FILE exists. Log lines:
+//! and holds it to the end; with `--after FILE`, only once FILE exists. `--delay-ms`: waits
+//! that long (working) before it grows. Log lines:
 //! `start`, `locked` (with --lock), `grown`, `end`. At most 2048 MiB. After
 //! `--deadline-ms` (default 30 s) it gives up holding and ends, so it never hangs a test.
 
@@ -58,6 +59,7 @@ fn main() {
     let mut until = None;
     let mut lock = None;
     let mut after = None;
+    let mut delay = Duration::ZERO;
     let mut job = Job {
         log: None,
         id: String::from("grow"),
@@ -73,6 +75,7 @@ fn main() {
             "--until" => until = Some(PathBuf::from(args.value(&option))),
             "--lock" => lock = Some(PathBuf::from(args.value(&option))),
             "--after" => after = Some(PathBuf::from(args.value(&option))),
+            "--delay-ms" => delay = Duration::from_millis(args.number(&option)),
             "--log" => job.log = Some(PathBuf::from(args.value(&option))),
             "--id" => job.id = args.value(&option),
             "--tick-ms" => job.tick = Duration::from_millis(args.number(&option)),
@@ -101,6 +104,11 @@ fn main() {
         job.event("locked");
         locked
     });
+    let delayed = Instant::now();
+    while delayed.elapsed() < delay {
+        Job::work(&mut []);
+        std::thread::sleep(job.tick.min(delay));
+    }
     // Grown in steps of one tick each.
     let mut memory: Vec<u8> = Vec::with_capacity(mib << 20);
     let steps = ((secs * 1000.0) as u128 / job.tick.as_millis().max(1)).max(1) as usize;

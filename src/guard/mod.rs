@@ -6,8 +6,9 @@
 //!
 //! A job is a process tree below a client of the pool. In the runner, each of jsrun's own
 //! jobs. Under `jsrun -jN -- CMD`, a child of a process that holds the pool open (make,
-//! a sub-make, ninja, a `+jsrun` recipe) that does not hold it itself; processes between
-//! jsrun and the first client (`sh -c make`) are passed through. The trees are read from
+//! a sub-make, ninja, cargo, a `+jsrun` recipe) that does not hold it itself, or holds it
+//! but has no child (rustc under cargo); processes between jsrun and the first client
+//! (`sh -c make`) are passed through. The trees are read from
 //! /proc only while memory is short or near it, or a job is paused: otherwise the guard
 //! costs one reading of memory per look, as holding back does.
 
@@ -254,11 +255,13 @@ impl Guard {
         found
     }
 
-    /// Jobs below `pid`: a client's children that are not clients are jobs; processes
-    /// not under a client yet are passed through.
+    /// Jobs below `pid`: a client's children that are not clients are jobs, and so are
+    /// its children that are clients with no child of their own (a rustc under cargo, which
+    /// holds the pool itself); processes not under a client yet are passed through.
     fn walk(&mut self, pid: i32, under_client: bool, pool: (u64, u64), found: &mut Vec<Found>) {
         let client = crate::sys::holds(pid as u32, pool);
-        if under_client && !client {
+        let children = tree::children(pid);
+        if under_client && (!client || children.is_empty()) {
             let Some(stat) = tree::stat(pid) else {
                 return;
             };
@@ -277,7 +280,7 @@ impl Guard {
             });
             return;
         }
-        for child in tree::children(pid) {
+        for child in children {
             self.walk(child, under_client || client, pool, found);
         }
     }
