@@ -381,6 +381,8 @@ pub struct Probe {
     keep_open: bool,
     buf: Vec<u8>,
     notes: Notes,
+    /// The memory figures the last check read: available bytes, pressure percent.
+    last_memory: (Option<u64>, Option<f64>),
 }
 
 impl Probe {
@@ -429,7 +431,38 @@ impl Probe {
             keep_open: false,
             buf: vec![0; BUF_SIZE],
             notes: Notes::default(),
+            last_memory: (None, None),
         }
+    }
+
+    /// The files that count the OOM killer's kills (an `oom_kill N` line): `vmstat` beside
+    /// `meminfo`, and each memory cgroup's `memory.oom_control` (v1) or `memory.events` (v2).
+    pub fn oom_counters(&self) -> Vec<PathBuf> {
+        let vmstat = self.meminfo.path.with_file_name("vmstat");
+        let cgroups = self.levels.iter().filter_map(|(limit, _)| {
+            let dir = limit.path.parent()?;
+            Some(match limit.path.file_name()? == "memory.limit_in_bytes" {
+                true => dir.join("memory.oom_control"),
+                false => dir.join("memory.events"),
+            })
+        });
+        std::iter::once(vmstat).chain(cgroups).collect()
+    }
+
+    /// The cgroup v1 memory cgroups with a limit, and the limit (bytes), read now: where
+    /// the kernel can say when usage crosses a mark (`cgroup.event_control`).
+    pub fn v1_limits(&self) -> Vec<(PathBuf, u64)> {
+        self.levels
+            .iter()
+            .filter(|(limit, _)| {
+                limit.path.file_name() == Some(OsStr::new("memory.limit_in_bytes"))
+            })
+            .filter_map(|(limit, _)| {
+                let text = std::fs::read(&limit.path).ok()?;
+                let bytes = parse_cgroup_limit(&text)??;
+                Some((limit.path.parent()?.to_owned(), bytes))
+            })
+            .collect()
     }
 
     /// Keeps each file open once read, and reads it again at offset 0: for the kernel's
@@ -466,6 +499,7 @@ impl Probe {
             .max_memory_pressure
             .map(|limit| (limit, self.memory_pressure()));
         let load = limits.load.map(|limit| (limit, self.load()));
+        self.last_memory = (memory.and_then(|m| m.1), pressure.and_then(|p| p.1));
         let unread = [
             (Limit::MemoryAvail, matches!(memory, Some((_, None)))),
             (Limit::MemoryPressure, matches!(pressure, Some((_, None)))),
@@ -492,6 +526,12 @@ impl Probe {
             return Verdict::Go;
         };
         Verdict::Hold { reason }
+    }
+
+    /// The memory available (bytes) and pressure (percent) the last check read, where it
+    /// read them.
+    pub fn last_memory(&self) -> (Option<u64>, Option<f64>) {
+        self.last_memory
     }
 
     fn load(&mut self) -> Option<f64> {

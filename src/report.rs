@@ -39,6 +39,8 @@ pub struct Stats {
     pub longest_token_wait: Duration,
     /// Sum of the jobs' runtimes: busy slot-time.
     pub busy: Duration,
+    /// Jobs the OOM killer killed that ran again.
+    pub oom_reruns: u64,
 }
 
 pub struct Report {
@@ -219,6 +221,11 @@ impl Report {
         }
     }
 
+    /// A job the OOM killer killed runs again.
+    pub fn oom_rerun(&mut self) {
+        self.stats.oom_reruns += 1;
+    }
+
     /// A counter track of the trace (`slots in use`, `held back`) takes `value` now.
     pub fn counter(&mut self, name: &str, value: usize) {
         if let Some(trace) = &mut self.trace {
@@ -239,7 +246,13 @@ impl Report {
     }
 
     /// The pool line of `--stats` for a pool of jsrun's own: how the whole tree used it.
-    pub fn print_pool(&self, slots: usize, view: &crate::govern::View) {
+    /// `paused`: the memory guard ran, and how it paused jobs.
+    pub fn print_pool(
+        &self,
+        slots: usize,
+        view: &crate::govern::View,
+        paused: Option<crate::steer::PauseView>,
+    ) {
         let wall = self.start.elapsed().as_secs_f64();
         let share = |d: Duration| match wall > 0.0 {
             true => 100.0 * d.as_secs_f64() / wall,
@@ -256,9 +269,18 @@ impl Report {
                 view.held_time.as_secs_f64()
             ),
         };
+        let paused = match paused {
+            None => String::new(),
+            Some(p) if p.most == 0 => ", nothing paused".to_owned(),
+            Some(p) => format!(
+                ", paused up to {} jobs for {:.1}s",
+                p.most,
+                p.time.as_secs_f64()
+            ),
+        };
         crate::say!(
             "jsrun: pool: {slots} slots, peak {} in use, mean {mean:.1}, all busy {:.0}% of \
-             {wall:.1}s, {held}",
+             {wall:.1}s, {held}{paused}",
             view.peak,
             share(view.all_busy),
         );
@@ -272,9 +294,14 @@ impl Report {
         let now = Instant::now();
         let wall = now.saturating_duration_since(self.start);
         let (slots, utilisation) = self.utilisation(now);
+        // Said only when it happened: the line stays as it was otherwise.
+        let reruns = match s.oom_reruns {
+            0 => String::new(),
+            n => format!(", {n} run again after the OOM killer killed them"),
+        };
         crate::say!(
             "jsrun: {} jobs, {} failed, {:.3}s wall, peak {} of {} slots, {} tokens acquired, \
-             {:.3}s waiting for tokens (longest {:.3}s), slot utilisation {:.0}%",
+             {:.3}s waiting for tokens (longest {:.3}s), slot utilisation {:.0}%{reruns}",
             s.jobs,
             s.failed,
             wall.as_secs_f64(),

@@ -16,6 +16,7 @@ mod govern;
 mod make;
 mod observe;
 mod output;
+mod pause;
 mod peers;
 mod runner;
 mod security;
