@@ -579,3 +579,53 @@ fn fuse_unavailable_is_125_with_the_reason() {
     assert_eq!(output.stderr.lines().count(), 1, "{}", output.report());
     assert!(!path.exists());
 }
+
+/// The governor works on the accounting pool as on the fifo: a load limit exceeded from
+/// the start holds every token back (a blocked reader waits, however long), the tokens
+/// go back when the load falls and the reader is served; SIGUSR1 and SIGUSR2 resize; the
+/// --stats pool line comes at the end.
+#[test]
+fn limits_resizing_and_stats_govern_the_token_file() {
+    if !fuse_here("accounting::limits_resizing_and_stats_govern_the_token_file") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let proc_dir = sandbox.join("proc");
+    fs::create_dir(&proc_dir).unwrap();
+    let set_load = |load: &str| {
+        let tmp = proc_dir.join("loadavg.tmp");
+        fs::write(&tmp, format!("{load} {load} {load} 1/1 1\n")).unwrap();
+        fs::rename(&tmp, proc_dir.join("loadavg")).unwrap();
+    };
+    set_load("9.00");
+    let path = sandbox.join("pool");
+    let mut running = sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", &proc_dir)
+        .args(["-v", "-l", "4", "-j3", "--accounting", "--stats"])
+        .arg(format!("--serve={}", path.display()))
+        .spawn();
+    let _mount = Detach(path.clone());
+    let stderr = running.stderr_path();
+    running.wait_until("the hold", || {
+        fs::read_to_string(&stderr).is_ok_and(|e| e.contains("holding back"))
+    });
+    running.wait_until("every token held back", || account(&path).free == 0);
+    let mut reader = taker(&sandbox, &path, 1, "reader");
+    running.wait_until("the reader in line", || account(&path).waiting == 1);
+    set_load("0.50");
+    running.wait_until("the reader served", || sandbox.join("took-reader").exists());
+    running.wait_until("the tokens back", || account(&path).free == 2);
+    give_back(&sandbox, &mut reader, "reader");
+    running.signal(libc::SIGUSR1);
+    running.wait_until("4 slots", || account(&path).free == 4);
+    running.signal(libc::SIGUSR2);
+    running.wait_until("3 slots", || account(&path).free == 3);
+    running.signal(libc::SIGTERM);
+    let output = running.wait();
+    output
+        .success()
+        .stderr_contains("jsrun: pool: 3 slots, peak 1 in use")
+        .stderr_lacks("warning");
+    assert!(!mounted(&path) && !path.exists());
+}
