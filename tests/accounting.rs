@@ -629,3 +629,85 @@ fn limits_resizing_and_stats_govern_the_token_file() {
         .stderr_lacks("warning");
     assert!(!mounted(&path) && !path.exists());
 }
+
+/// A user without root serves a token file through fusermount3 (the per-user pool): the
+/// daemon runs as uid 65534 in a private mount namespace whose /dev/fuse that user may
+/// open (this machine's is root's alone), a jsrun of the same user runs on it with its 2
+/// tokens, `--info` counts, and SIGTERM unmounts (fusermount3 -u) and removes PATH.
+#[test]
+fn a_user_without_root_serves_through_fusermount3() {
+    let test = "accounting::a_user_without_root_serves_through_fusermount3";
+    let tools = ["unshare", "setpriv", "fusermount3", "mknod"];
+    if !nix::unistd::geteuid().is_root() || tools.iter().any(|t| which::which(t).is_err()) {
+        machine_cannot(
+            test,
+            "needs root to set it up, and unshare, setpriv, fusermount3",
+        );
+        return;
+    }
+    let sandbox = Sandbox::new();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(sandbox.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = sandbox.join("user");
+    fs::create_dir(&dir).unwrap();
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    nix::unistd::chown(&dir, nobody, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
+    let dev = sandbox.join("dev");
+    fs::create_dir(&dev).unwrap();
+    let log = crate::util::Log::new(dir.join("log"));
+    let probe = crate::util::Probe::new(&log)
+        .id("{}")
+        .barrier(&dir.join("barrier"), 2)
+        .sleep_ms(100);
+    let script = r#"
+        set -u
+        dev=$1 dir=$2 jsrun=$3; shift 3
+        user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+        mount -t tmpfs -o mode=755 jsrun-dev "$dev" || exit 10
+        mknod -m 666 "$dev/fuse" c 10 229 && mount --bind "$dev/fuse" /dev/fuse || exit 10
+        setpriv --reuid=65534 --regid=65534 --clear-groups \
+            "$jsrun" -v --serve="$dir/pool" -j2 --accounting 2>"$dir/daemon.err" &
+        daemon=$!
+        until grep -q serving "$dir/daemon.err"; do
+            kill -0 $daemon 2>/dev/null || { cat "$dir/daemon.err"; exit 11; }
+            sleep 0.05
+        done
+        grep " $dir/pool fuse.jsrun " /proc/self/mounts
+        user "$jsrun" --jobserver=fifo:"$dir/pool" -j4 "$@" ::: 1 2 3 4 || exit 12
+        user env MAKEFLAGS="-j2 --jobserver-auth=fifo:$dir/pool" "$jsrun" --info
+        kill -TERM $daemon; wait $daemon; echo "daemon exit $?"
+        cat "$dir/daemon.err"
+        if grep -q " $dir/pool " /proc/self/mounts; then echo "still mounted"; fi
+        if [ -e "$dir/pool" ]; then echo "left behind"; fi
+    "#;
+    let output = sandbox
+        .command("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            script,
+            "bash",
+        ])
+        .arg(&dev)
+        .arg(&dir)
+        .arg(jsrun_bin())
+        .args(probe.words())
+        .run();
+    if output.status.code() == Some(10) {
+        machine_cannot(test, &format!("no private /dev/fuse: {}", output.report()));
+        return;
+    }
+    output.success();
+    let report = output.report();
+    assert!(output.stdout.contains("user_id=65534"), "{report}");
+    assert!(output.stdout.contains("free tokens: 2\n"), "{report}");
+    assert!(output.stdout.contains("daemon exit 0\n"), "{report}");
+    assert!(!output.stdout.contains("still mounted"), "{report}");
+    assert!(!output.stdout.contains("left behind"), "{report}");
+    assert!(!output.stdout.contains("warning"), "{report}");
+    assert_eq!(log.finished(), values(4), "{}", log.dump());
+    assert_eq!(log.peak(), 2, "{}", log.dump());
+}
