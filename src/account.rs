@@ -39,7 +39,9 @@ const POLLOUT: u32 = 0x4;
 const POLLRDNORM: u32 = 0x40;
 const POLLWRNORM: u32 = 0x100;
 
-/// A process that holds tokens.
+/// A process that took a token: it may hold some now or none. Kept, with its pidfd, until
+/// it ends, so that a process taking and giving back one token after another (make) is
+/// looked up in /proc only once.
 struct Holder {
     pidfd: OwnedFd,
     tokens: usize,
@@ -380,9 +382,6 @@ impl<'p> Accountant<'p> {
         self.put_back(&data[..n]);
         if let Some(holder) = self.holders.get_mut(&tgid) {
             holder.tokens -= n;
-            if holder.tokens == 0 {
-                self.holders.remove(&tgid);
-            }
         }
         Ok(fuse::write_out(n as u32))
     }
@@ -396,8 +395,8 @@ impl<'p> Accountant<'p> {
         }
     }
 
-    /// The process of thread `tid`. A holder's pid is a process's (its pidfd keeps the
-    /// number from being reused), so only strangers are looked up.
+    /// The process of thread `tid`. A known process's pid is a process's (its pidfd keeps
+    /// the number from being reused), so only strangers are looked up.
     fn tgid(&self, tid: u32) -> u32 {
         if self.holders.contains_key(&tid) {
             return tid;
@@ -426,7 +425,9 @@ impl<'p> Accountant<'p> {
             .collect();
         drop(fds);
         for pid in ended {
-            if let Some(holder) = self.holders.remove(&pid) {
+            if let Some(holder) = self.holders.remove(&pid)
+                && holder.tokens > 0
+            {
                 self.put_back(&vec![TOKEN; holder.tokens]);
                 crate::say!(
                     "jsrun: warning: pid {pid} ({}) ended holding {}: taken back",
@@ -466,8 +467,13 @@ impl<'p> Accountant<'p> {
             self.pool.available().unwrap_or(0),
             self.line.len()
         );
-        let mut pids: Vec<&u32> = self.holders.keys().collect();
-        pids.sort();
+        let mut pids: Vec<&u32> = self
+            .holders
+            .iter()
+            .filter(|(_, h)| h.tokens > 0)
+            .map(|(pid, _)| pid)
+            .collect();
+        pids.sort_unstable();
         for pid in pids {
             let h = &self.holders[pid];
             text.push_str(&format!("holder {pid} {} {}\n", h.tokens, h.command));
@@ -490,8 +496,13 @@ impl Drop for Accountant<'_> {
         }
         let ready: Vec<u8> = self.ready.drain().map(|(_, r)| r.token).collect();
         self.put_back(&ready);
-        let mut pids: Vec<&u32> = self.holders.keys().collect();
-        pids.sort();
+        let mut pids: Vec<&u32> = self
+            .holders
+            .iter()
+            .filter(|(_, h)| h.tokens > 0)
+            .map(|(pid, _)| pid)
+            .collect();
+        pids.sort_unstable();
         for pid in pids {
             let h = &self.holders[pid];
             crate::say!(
