@@ -199,7 +199,11 @@ impl<'p> Accountant<'p> {
                 self.next_fh += 1;
                 reply(Ok(&fuse::open_out(fh)))
             }
-            Op::Read { fh, nonblocking } => {
+            // A read of nothing takes nothing.
+            Op::Flush | Op::Read { size: 0, .. } => reply(Ok(&[])),
+            Op::Read {
+                fh, nonblocking, ..
+            } => {
                 let tgid = self.tgid(pid);
                 if let Some(ready) = self.ready.remove(&fh) {
                     self.line
@@ -245,7 +249,6 @@ impl<'p> Accountant<'p> {
                 }
                 fuse::reply(interrupted, Err(Errno::EINTR))
             }
-            Op::Flush => reply(Ok(&[])),
             Op::Release { fh } => {
                 if let Some(ready) = self.ready.remove(&fh) {
                     self.put_back(&[ready.token]);
@@ -270,6 +273,7 @@ impl<'p> Accountant<'p> {
             }
             Op::Forget => return,
             Op::Init { .. } | Op::Other(_) => reply(Err(Errno::ENOSYS)),
+            Op::Malformed => reply(Err(Errno::EINVAL)),
         };
         self.file.send(&message);
     }

@@ -61,8 +61,10 @@ pub enum Op {
     SetAttr,
     StatFs,
     Open,
+    /// `size` 0 takes nothing.
     Read {
         fh: u64,
+        size: u32,
         nonblocking: bool,
     },
     Write {
@@ -90,6 +92,8 @@ pub enum Op {
     /// FORGET and BATCH_FORGET: no answer at all.
     Forget,
     Other(u32),
+    /// A known opcode whose body is cut short: answered EINVAL, so nobody waits on it.
+    Malformed,
 }
 
 fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
@@ -101,15 +105,22 @@ fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
 }
 
 impl Request {
-    /// Parses one request as read from `/dev/fuse` (one read, one request).
+    /// Parses one request as read from `/dev/fuse` (one read, one request). `None` only
+    /// when not even the header is there.
     pub fn parse(buf: &[u8]) -> Option<Request> {
         let len = u32_at(buf, 0)? as usize;
-        let buf = buf.get(..len)?;
+        let buf = buf.get(..len.min(buf.len()))?;
         let opcode = u32_at(buf, 4)?;
         let unique = u64_at(buf, 8)?;
         let pid = u32_at(buf, 32)?;
+        let op = Request::body(opcode, buf).unwrap_or(Op::Malformed);
+        Some(Request { unique, pid, op })
+    }
+
+    /// The operation of `opcode` from the request in `buf`, header included.
+    fn body(opcode: u32, buf: &[u8]) -> Option<Op> {
         let body = IN_HEADER;
-        let op = match opcode {
+        Some(match opcode {
             26 => Op::Init {
                 minor: u32_at(buf, body + 4)?,
                 max_readahead: u32_at(buf, body + 8)?,
@@ -120,6 +131,7 @@ impl Request {
             14 => Op::Open,
             15 => Op::Read {
                 fh: u64_at(buf, body)?,
+                size: u32_at(buf, body + 16)?,
                 nonblocking: u32_at(buf, body + 32)? & OFlag::O_NONBLOCK.bits() as u32 != 0,
             },
             16 => {
@@ -153,8 +165,7 @@ impl Request {
             38 => Op::Destroy,
             2 | 42 => Op::Forget,
             other => Op::Other(other),
-        };
-        Some(Request { unique, pid, op })
+        })
     }
 }
 
@@ -520,6 +531,7 @@ mod tests {
     fn requests_are_parsed_from_their_little_endian_structs() {
         let mut read = vec![0u8; 40];
         read[0..8].copy_from_slice(&7u64.to_le_bytes());
+        read[16..20].copy_from_slice(&1u32.to_le_bytes());
         read[32..36].copy_from_slice(&(OFlag::O_NONBLOCK.bits() as u32).to_le_bytes());
         let mut write = vec![0u8; 40];
         write[0..8].copy_from_slice(&9u64.to_le_bytes());
@@ -537,6 +549,7 @@ mod tests {
                 header(15, 5, 42, &read),
                 Op::Read {
                     fh: 7,
+                    size: 1,
                     nonblocking: true,
                 },
             ),
@@ -580,9 +593,10 @@ mod tests {
                 })
             );
         }
-        // Cut short: no request, no panic.
+        // Cut short: answered as malformed (nobody waits for ever), no panic.
         let buf = header(16, 5, 42, &write);
-        assert_eq!(Request::parse(&buf[..50]), None);
+        assert_eq!(Request::parse(&buf[..50]).unwrap().op, Op::Malformed);
+        assert_eq!(Request::parse(&buf[..20]), None);
     }
 
     #[test]

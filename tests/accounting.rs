@@ -454,14 +454,19 @@ fn waiting_readers_and_pollers_are_served_first_come_first_served() {
     running.wait().success();
 }
 
-/// `--info` under MAKEFLAGS naming the token file lists each holder with its count.
+/// `--info` under MAKEFLAGS naming the token file lists each holder with its count. With
+/// `--jobserver-group` the file is 0660 and the group's.
 #[test]
 fn info_lists_each_holder_with_its_tokens() {
     if !fuse_here("accounting::info_lists_each_holder") {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path, _mount) = serve(&sandbox, 3, &[]);
+    let (running, path, _mount) = serve(&sandbox, 3, &["--jobserver-group=0"]);
+    // The file is the group's, as the fifo would be.
+    let meta = fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.mode(), meta.gid()), (0o100_660, 0));
     let two = holder(&sandbox, &path, 2, "two");
     let info = sandbox
         .jsrun()
