@@ -352,7 +352,8 @@ impl<'p> Accountant<'p> {
                 let Ok(pidfd) = crate::sys::pidfd_open(tgid) else {
                     // Gone already: nobody will read the answer.
                     self.put_back(&[token]);
-                    return self.file.send(&fuse::reply(unique, Err(Errno::ESRCH)));
+                    self.file.send(&fuse::reply(unique, Err(Errno::ESRCH)));
+                    return;
                 };
                 place.insert(Holder {
                     pidfd,
@@ -362,7 +363,13 @@ impl<'p> Accountant<'p> {
             }
         };
         holder.tokens += 1;
-        self.file.send(&fuse::reply(unique, Ok(&[token])));
+        if !self.file.send(&fuse::reply(unique, Ok(&[token]))) {
+            // The reader is gone (interrupted, killed): the token stays free.
+            if let Some(holder) = self.holders.get_mut(&tgid) {
+                holder.tokens -= 1;
+            }
+            self.put_back(&[token]);
+        }
     }
 
     /// A WRITE: takes back as many of `data`'s bytes as `tgid` holds tokens; none held is
@@ -491,12 +498,11 @@ impl Drop for Accountant<'_> {
     /// woken, tokens held ready go back, and every holder is named.
     fn drop(&mut self) {
         for waiter in std::mem::take(&mut self.line) {
-            match waiter {
-                Waiter::Read { unique, .. } => {
-                    self.file.send(&fuse::reply(unique, Err(Errno::EIO)));
-                }
-                Waiter::Poll { kh, .. } => self.file.send(&fuse::poll_wakeup(kh)),
-            }
+            let message = match waiter {
+                Waiter::Read { unique, .. } => fuse::reply(unique, Err(Errno::EIO)),
+                Waiter::Poll { kh, .. } => fuse::poll_wakeup(kh),
+            };
+            self.file.send(&message);
         }
         let ready: Vec<u8> = self.ready.drain().map(|(_, r)| r.token).collect();
         self.put_back(&ready);

@@ -359,7 +359,9 @@ impl TokenFile {
                     return Ok(());
                 }
                 Some(Request { op: Op::Forget, .. }) => {}
-                Some(Request { unique, .. }) => self.send(&reply(unique, Err(Errno::EIO))),
+                Some(Request { unique, .. }) => {
+                    self.send(&reply(unique, Err(Errno::EIO)));
+                }
                 None => bail!("a malformed first request from /dev/fuse"),
             }
         }
@@ -388,13 +390,14 @@ impl TokenFile {
         }
     }
 
-    /// Writes one reply or notification. ENOENT (the request is gone: interrupted, or a
-    /// poller that left) is no error of ours.
-    pub fn send(&self, message: &[u8]) {
+    /// Writes one reply or notification; whether the kernel took it. ENOENT (the request
+    /// is gone: its caller was interrupted or killed, or a poller left) is no error of
+    /// ours, but a token in that reply reached nobody.
+    pub fn send(&self, message: &[u8]) -> bool {
         loop {
             match nix::unistd::write(&self.fd, message) {
                 Err(Errno::EINTR) => {}
-                _ => return,
+                done => return done.is_ok(),
             }
         }
     }
