@@ -131,8 +131,11 @@ impl Supervisor<'_> {
         // make was asked its version) stops it from starting.
         self.handle_signals()?;
         loop {
-            self.steer
-                .tick(Instant::now(), self.ledger.implicit_busy(), self.report);
+            // A daemon told to stop hands out nothing more (--serve: the loop ends now).
+            if !(self.plan.serve && self.verdict.halted()) {
+                self.steer
+                    .tick(Instant::now(), self.ledger.implicit_busy(), self.report);
+            }
             if self.steer.token_file_gone() && !self.verdict.halted() {
                 // Unmounted from outside: no client can reach the pool any more.
                 self.stop(Status::Code(1));
