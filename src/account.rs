@@ -147,24 +147,22 @@ impl<'p> Accountant<'p> {
         self.hand_out(may, now);
     }
 
-    /// Gives free tokens to the line, first come first served, one at a time.
-    pub fn hand_out(&mut self, may: bool, now: Instant) {
-        if !may {
-            return;
-        }
-        loop {
-            let Some(at) = self.line.iter().position(|w| self.eligible(w)) else {
-                return;
-            };
+    /// Gives free tokens to the line, first come first served, one at a time. Whether it
+    /// gave any.
+    pub fn hand_out(&mut self, may: bool, now: Instant) -> bool {
+        let mut gave = false;
+        while may && let Some(at) = self.line.iter().position(|w| self.eligible(w)) {
             let Ok(Some(token)) = self.pool.try_acquire() else {
-                return;
+                break;
             };
+            gave = true;
             match self.line.remove(at) {
                 Some(Waiter::Read { unique, tgid, .. }) => self.give(unique, tgid, token),
                 Some(Waiter::Poll { fh, kh, tgid }) => self.hold_ready(fh, kh, tgid, token, now),
                 None => self.put_back(&[token]),
             }
         }
+        gave
     }
 
     /// Whether a waiter may have the next token: below the per-process limit, and a

@@ -79,8 +79,9 @@ impl<'p> Steer<'p> {
             // governor (which takes what is free while it holds back), then what it let go.
             accountant.serve(!governor.wants_tokens(), now);
             governor.wake(client, implicit_busy, now, &mut events);
-            accountant.hand_out(!governor.wants_tokens(), now);
-            governor.observe(client, now, &mut events);
+            if accountant.hand_out(!governor.wants_tokens(), now) {
+                governor.observe(client, now, &mut events);
+            }
         } else {
             governor.wake(client, implicit_busy, now, &mut events);
         }
