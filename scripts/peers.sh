@@ -28,6 +28,8 @@ need_debian_package() {
 [[ -x /usr/bin/make ]] || need_debian_package make "/usr/bin/make (GNU make 4.3)"
 # tests/services.rs checks the systemd unit with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_debian_package systemd systemd-analyze
+# tests/accounting.rs serves a token file as a user without root through fusermount3.
+command -v fusermount3 >/dev/null || need_debian_package fuse3 "fusermount3 (the per-user accounting pool)"
 
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [[ -f $stamp && $(<"$stamp") == "$want" && -x $venv/bin/make && -x $venv/bin/ninja && -x $venv/bin/emerge ]]; then

@@ -145,8 +145,15 @@ impl Supervisor<'_> {
         self.handle_signals()?;
         loop {
             let now = Instant::now();
-            let busy = self.ledger.implicit_busy();
-            self.steer.tick(now, busy, &self.crew.jobs, self.report);
+            // A daemon told to stop hands out nothing more (--serve: the loop ends now).
+            if !(self.plan.serve && self.verdict.halted()) {
+                let busy = self.ledger.implicit_busy();
+                self.steer.tick(now, busy, &self.crew.jobs, self.report);
+            }
+            if self.steer.token_file_gone() && !self.verdict.halted() {
+                // Unmounted from outside: no client can reach the pool any more.
+                self.stop(Status::Code(1));
+            }
             let started = self.crew.jobs.len();
             let wants = self.start_jobs();
             if self.crew.jobs.len() != started {
