@@ -361,7 +361,7 @@ fn main() {
 }
 "#;
 
-/// `cargo build -j8` of a workspace of three crates whose build scripts each
+/// `cargo build` of a workspace of three crates whose build scripts each
 /// take a token through the `jobserver` crate, on an accounting pool of 4 named in
 /// MAKEFLAGS (offline, from the crates in `~/.cargo/registry`). The scripts run
 /// in cargo's slots (its implicit one and 2 tokens) and take 2 more: 5 at once,
@@ -399,7 +399,7 @@ fn a_cargo_build_takes_its_tokens_from_the_accounting_pool() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = sandbox
         .command(cargo)
-        .args(["build", "--offline", "--workspace", "-j8"])
+        .args(["build", "--offline", "--workspace"])
         .env("CARGO_TARGET_DIR", sandbox.join("target"))
         .env("CARGO_TERM_COLOR", "never")
         .env("MAKEFLAGS", makeflags(&path, 4))
@@ -428,8 +428,10 @@ fn a_cargo_build_takes_its_tokens_from_the_accounting_pool() {
     let out = build.wait();
     out.success();
     assert!(
-        !out.stderr.contains("jobserver"),
-        "cargo reports a jobserver problem\n{}",
+        !out.stderr
+            .lines()
+            .any(|line| line.contains("warning") || line.contains("error")),
+        "cargo warns (a jobserver it cannot use?)\n{}",
         out.report()
     );
     for name in crates {
@@ -507,48 +509,89 @@ fn a_thread_blocks_in_read(pid: u32) -> bool {
 }
 
 /// First come, first served, for a poller as for a blocking reader: a greedy
-/// client holds all 4 tokens of the accounting pool; make -j4 runs its first
-/// recipe in its implicit slot and waits in pselect() for a token for the
-/// second; then a second client starts and blocks in read(). When the greedy
-/// client gives one token back, make, which waited first, gets it: its second
-/// recipe starts, and the later reader gets nothing until make gives it back.
-/// (On a plain fifo the blocked reader takes it: make's pselect wakes up and
-/// its read finds the fifo empty.)
+/// client holds all 4 tokens of the accounting pool, and two more clients wait
+/// for one: make -j4 (its first recipe runs in its implicit slot; it waits in
+/// pselect() for a token for the second) and a client blocked in read(). The
+/// greedy client gives one token back: whichever of the two waited first gets
+/// it, the other nothing (make's second recipe starts, or the reader holds 1).
+/// Then a second token goes back and reaches the other one. Both orders are
+/// tried twice. (On a plain fifo a blocked reader and make's pselect race for
+/// each byte: run on `jsrun --serve` without `--accounting`, one of two orders
+/// failed in 3 runs of 4.)
 #[test]
 #[ignore = "needs --accounting"]
-fn a_waiting_make_is_served_before_a_later_blocking_reader() {
+fn waiting_clients_are_served_first_come_first_served() {
+    for make_first in [true, false, true, false] {
+        if !served_in_order(make_first) {
+            return;
+        }
+    }
+}
+
+/// One order of [`waiting_clients_are_served_first_come_first_served`]; false
+/// where this machine cannot mount FUSE.
+fn served_in_order(make_first: bool) -> bool {
     let sandbox = Sandbox::new();
     let Some((pool, path)) = accounting_pool(&sandbox, 4, &[]) else {
-        return;
+        return false;
     };
     let mut first = greedy(&sandbox, &path, "first", 4, None, 4);
-    probe_makefile(&sandbox, 2, 2_000, None);
-    let mut make = sandbox
-        .command(make44())
-        .env("MAKEFLAGS", makeflags(&path, 4))
-        .spawn();
     let log = sandbox.log();
-    let make_pid = make.pid() as u32;
-    make.wait_until("make's first recipe, and make waiting for a token", || {
-        log.started().len() == 1 && blocked_in(make_pid).is_some_and(is_poll)
+    probe_makefile(&sandbox, 2, 2_000, None);
+    let start_make = || {
+        let mut make = sandbox
+            .command(make44())
+            .env("MAKEFLAGS", makeflags(&path, 4))
+            .spawn();
+        let make_pid = make.pid() as u32;
+        make.wait_until("make's first recipe, and make waiting for a token", || {
+            log.started().len() == 1 && blocked_in(make_pid).is_some_and(is_poll)
+        });
+        make
+    };
+    let start_reader = || {
+        let reader = greedy(&sandbox, &path, "reader", 1, None, 0);
+        let reader_pid = reader.pid() as u32;
+        wait_until("the reader blocked in read()", || {
+            a_thread_blocks_in_read(reader_pid)
+        });
+        reader
+    };
+    let (mut make, reader) = if make_first {
+        let make = start_make();
+        (make, start_reader())
+    } else {
+        let reader = start_reader();
+        (start_make(), reader)
+    };
+    let order = if make_first {
+        "make, then the reader"
+    } else {
+        "the reader, then make"
+    };
+    let mut release = first.take_stdin();
+    writeln!(release, "give one back").expect("tell the greedy client");
+    make.wait_until("the first token to reach make or the reader", || {
+        log.started().len() == 2 || held(&sandbox, "reader") == Some(1)
     });
-    let late = greedy(&sandbox, &path, "late", 1, None, 0);
-    let late_pid = late.pid() as u32;
-    wait_until("the late reader blocked in read()", || {
-        a_thread_blocks_in_read(late_pid)
-    });
-    writeln!(first.take_stdin(), "give one back").expect("tell the greedy client");
-    make.wait_until("the token to reach make or the late reader", || {
-        log.started().len() == 2 || held(&sandbox, "late") == Some(1)
-    });
+    let want = if make_first {
+        (2, Some(0))
+    } else {
+        (1, Some(1))
+    };
     assert_eq!(
-        (log.started().len(), held(&sandbox, "late")),
-        (2, Some(0)),
-        "make waited first and must get the token before the late reader\n{}",
+        (log.started().len(), held(&sandbox, "reader")),
+        want,
+        "waiting: {order}; (make's recipes started, tokens the reader holds) after one \
+         token came back\n{}",
         log.dump()
     );
+    writeln!(release, "give another back").expect("tell the greedy client");
+    make.wait_until("the second token to reach the other", || {
+        log.started().len() == 2 && held(&sandbox, "reader") == Some(1)
+    });
     make.wait().success().stderr_lacks("warning");
-    for client in [first, late] {
+    for client in [first, reader] {
         client.signal(libc::SIGKILL);
         drop(client.wait());
     }
@@ -556,6 +599,7 @@ fn a_waiting_make_is_served_before_a_later_blocking_reader() {
         free_tokens(&path) == 4
     });
     stop(pool, &path);
+    true
 }
 
 /// With `--per-process-limit=2` a greedy client that keeps every token it gets
