@@ -151,6 +151,21 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with_all = ["jobserver", "info", "dry_run"])]
     pub serve: Option<PathBuf>,
 
+    /// With --serve: serve PATH as a token file through FUSE instead of a fifo, and
+    /// account for every token: who holds how many (--info), the tokens of a process that
+    /// ends come back at once, a byte from a process holding none is refused, and waiting
+    /// readers are served first come first served. Clients name it fifo:PATH as before.
+    #[arg(long)]
+    pub accounting: bool,
+
+    /// With --accounting: no process holds more than K tokens at once.
+    #[arg(
+        long,
+        value_name = "K",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub per_process_limit: Option<u32>,
+
     /// Print the jobserver jsrun would use, and exit.
     #[arg(long)]
     pub info: bool,
@@ -194,6 +209,9 @@ pub struct Config {
     pub weight: usize,
     /// `--serve=PATH`.
     pub serve: Option<PathBuf>,
+    /// `--accounting`, and its `--per-process-limit`.
+    pub accounting: bool,
+    pub per_process_limit: Option<usize>,
     pub keep_going: bool,
     pub jobserver_style: Option<Style>,
     pub jobserver_group: Option<nix::unistd::Gid>,
@@ -446,6 +464,10 @@ fn bad_value(arg: &clap::Arg, value: &str) -> String {
             "invalid --weight '{value}': not a number of slots of 1 or more; use --weight=K \
              (e.g. --weight=4)"
         ),
+        "per_process_limit" => format!(
+            "invalid --per-process-limit '{value}': not a number of tokens of 1 or more; use \
+             --per-process-limit=K (e.g. --per-process-limit=4)"
+        ),
         "min_memory_avail" => limits::parse_size(value).err().unwrap_or_default(),
         "max_memory_pressure" => limits::parse_percent(value).err().unwrap_or_default(),
         "output_sync" => format!(
@@ -505,6 +527,18 @@ impl TryFrom<Cli> for Config {
         if cli.serve.is_some() && input != Input::StdinCommands {
             return Err("--serve runs no command; use jsrun --serve=PATH -jN alone".into());
         }
+        if cli.accounting && cli.serve.is_none() {
+            return Err(
+                "--accounting is for a system jobserver; use jsrun --serve=PATH -jN \
+                        --accounting"
+                    .into(),
+            );
+        }
+        if cli.per_process_limit.is_some() && !cli.accounting {
+            return Err("--per-process-limit needs an accounting pool; use jsrun \
+                        --serve=PATH -jN --accounting --per-process-limit=K"
+                .into());
+        }
         if input == Input::StdinCommands
             && std::io::stdin().is_terminal()
             && !cli.info
@@ -541,6 +575,8 @@ impl TryFrom<Cli> for Config {
             jobs,
             weight: cli.weight.map_or(1, |k| k as usize),
             serve: cli.serve,
+            accounting: cli.accounting,
+            per_process_limit: cli.per_process_limit.map(|k| k as usize),
             limits: Limits {
                 load: cli.load_average,
                 min_memory_avail: cli.min_memory_avail,

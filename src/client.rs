@@ -82,7 +82,8 @@ impl OpenError {
                  --jobserver-group)."
             }
             OpenError::NotAFifo(_) | OpenError::Replaced(_) => {
-                "fifo:PATH must name a fifo or a character device."
+                "fifo:PATH must name a fifo, a character device or the token file of jsrun \
+                 --serve --accounting."
             }
             OpenError::Unknown(_) => "jsrun speaks fifo:PATH and R,W.",
             OpenError::CannotOpen(..) | OpenError::Io(..) => "",
@@ -96,16 +97,28 @@ pub struct Client {
     auth: Auth,
     /// A character device behind `fifo:` (steve's /dev/steve), not a pipe or fifo.
     device: bool,
+    /// The token file of an accounting pool.
+    token_file: bool,
+}
+
+/// What `fifo:PATH` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Fifo,
+    /// A character device (steve's /dev/steve).
+    Device,
+    /// A regular file on a FUSE mount: the token file of `jsrun --serve --accounting`.
+    TokenFile,
 }
 
 impl Client {
     /// Connects to the jobserver `auth` names, or says why it cannot be used.
     pub fn open(auth: &Auth) -> Result<Client, OpenError> {
-        let (read, write, device) = match auth {
+        let (read, write, kind) = match auth {
             Auth::Fifo(path) => open_fifo(path)?,
             Auth::Pipe { read, write } => {
                 let (r, w) = open_pipe(*read, *write)?;
-                (r, w, false)
+                (r, w, Kind::Fifo)
             }
             Auth::Disabled => return Err(OpenError::Disabled),
             Auth::Unknown(text) => return Err(OpenError::Unknown(text.clone())),
@@ -114,7 +127,8 @@ impl Client {
             read,
             write,
             auth: auth.clone(),
-            device,
+            device: kind == Kind::Device,
+            token_file: kind == Kind::TokenFile,
         })
     }
 
@@ -126,6 +140,15 @@ impl Client {
 
     pub fn auth(&self) -> &Auth {
         &self.auth
+    }
+
+    /// An accounting pool's own account of itself (`free N`, then `holder PID TOKENS
+    /// COMMAND` lines), read from its token file; `None` for any other jobserver.
+    pub fn account(&self) -> Option<io::Result<String>> {
+        self.token_file.then(|| {
+            sys::get_xattr(self.read.as_fd(), crate::fuse::POOL_XATTR)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        })
     }
 
     /// Takes one token if one is free right now. Never blocks: poll [`Client::fd`] first.
@@ -181,15 +204,21 @@ impl Client {
     }
 }
 
-/// Opens a fifo (or steve's character device) read-write: a read-write open never waits
-/// for a peer, and being a writer ourselves we never see EOF/POLLHUP when others leave.
-/// Also says whether it is a character device.
-fn open_fifo(path: &Path) -> Result<(OwnedFd, OwnedFd, bool), OpenError> {
+/// Opens a fifo (or steve's character device, or an accounting pool's token file)
+/// read-write: a read-write open never waits for a peer, and being a writer ourselves we
+/// never see EOF/POLLHUP when others leave. Also says which it is.
+fn open_fifo(path: &Path) -> Result<(OwnedFd, OwnedFd, Kind), OpenError> {
     let cannot = |e: Errno| OpenError::CannotOpen(path.to_owned(), e.into());
     let stat = nix::sys::stat::stat(path).map_err(cannot)?;
-    if !(sys::is_fifo(&stat) || sys::is_char_device(&stat)) {
+    let kind = if sys::is_fifo(&stat) {
+        Kind::Fifo
+    } else if sys::is_char_device(&stat) {
+        Kind::Device
+    } else if sys::is_regular(&stat) && sys::on_fuse(path) {
+        Kind::TokenFile
+    } else {
         return Err(OpenError::NotAFifo(path.to_owned()));
-    }
+    };
     let fd =
         sys::open(path, OFlag::O_RDWR).map_err(|e| OpenError::CannotOpen(path.to_owned(), e))?;
     // Check what was opened, not only what the path named a moment ago.
@@ -200,7 +229,7 @@ fn open_fifo(path: &Path) -> Result<(OwnedFd, OwnedFd, bool), OpenError> {
     let write = fd
         .try_clone()
         .map_err(|e| OpenError::CannotOpen(path.to_owned(), e))?;
-    Ok((fd, write, sys::is_char_device(&opened)))
+    Ok((fd, write, kind))
 }
 
 /// Validates inherited pipe fds, then opens private descriptions of both ends.

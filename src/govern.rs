@@ -127,8 +127,20 @@ impl Governor {
         self
     }
 
+    /// No inotify watch: for a pool whose every read and write is jsrun's own (the
+    /// accounting pool), where the loop looks at the level each time it wakes anyway.
+    pub fn unwatched(mut self) -> Governor {
+        self.watch = None;
+        self
+    }
+
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// Reads the pool's level and books it, after tokens moved without a wake-up.
+    pub fn observe(&mut self, client: &Client, now: Instant, events: &mut Vec<Event>) {
+        self.follow(client, false, now, events);
     }
 
     /// The inotify descriptor to poll: readable after any read or write of the pool.

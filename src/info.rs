@@ -88,9 +88,13 @@ fn describe_jobserver(config: &Config, out: &mut String) -> Status {
 /// The lines on a usable jobserver: its free tokens, a device that never runs out, and
 /// who else has it open (the pool's make, its clients, a stuck straggler).
 fn describe_usable(client: &Client, advertised: Option<usize>, out: &mut String) {
-    match client.available() {
-        Ok(n) => put!(out, "free tokens: {n}"),
-        Err(e) => put!(out, "free tokens: unknown ({e})"),
+    let account = client.account();
+    match (&account, client.available()) {
+        // A token file has no FIONREAD: its server counts.
+        (Some(Ok(_)), _) => {}
+        (Some(Err(e)), _) => put!(out, "free tokens: unknown (no account from the pool: {e})"),
+        (None, Ok(n)) => put!(out, "free tokens: {n}"),
+        (None, Err(e)) => put!(out, "free tokens: unknown ({e})"),
     }
     if let Ok(true) = client.looks_unbounded(advertised.unwrap_or(UNBOUNDED_PROBE)) {
         let bound = match advertised {
@@ -103,12 +107,53 @@ fn describe_usable(client: &Client, advertised: Option<usize>, out: &mut String)
             client.auth()
         );
     }
-    if let Ok(stat) = nix::sys::stat::fstat(client.fd()) {
-        let me = std::process::id();
-        for holder in sys::holders((stat.st_dev, stat.st_ino)) {
-            if holder.pid != me {
+    let me = std::process::id();
+    let open_by = nix::sys::stat::fstat(client.fd())
+        .map(|stat| sys::holders((stat.st_dev, stat.st_ino)))
+        .unwrap_or_default();
+    match account {
+        Some(Ok(account)) => {
+            let counted = describe_account(&account, out);
+            for holder in open_by.iter().filter(|h| h.pid != me) {
+                if !counted.contains(&holder.pid) {
+                    put!(out, "holder: {} {} (0 tokens)", holder.pid, holder.command);
+                }
+            }
+        }
+        _ => {
+            for holder in open_by.iter().filter(|h| h.pid != me) {
                 put!(out, "holder: {} {}", holder.pid, holder.command);
             }
         }
     }
+}
+
+/// The lines on an accounting pool from its own account: free tokens (instead of the
+/// FIONREAD a token file cannot answer) and every process holding tokens, with how many.
+/// Returns the pids it named.
+fn describe_account(account: &str, out: &mut String) -> Vec<u32> {
+    let mut named = Vec::new();
+    for line in account.lines() {
+        if let Some(free) = line.strip_prefix("free ") {
+            put!(out, "free tokens: {free}");
+            put!(out, "accounting: yes");
+        } else if let Some(rest) = line.strip_prefix("holder ") {
+            let mut words = rest.splitn(3, ' ');
+            let (Some(pid), Some(count), command) = (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let (Ok(pid), Ok(count)) = (pid.parse::<u32>(), count.parse::<usize>()) else {
+                continue;
+            };
+            named.push(pid);
+            put!(
+                out,
+                "holder: {pid} {} ({})",
+                command.unwrap_or_default(),
+                crate::account::tokens(count)
+            );
+        }
+    }
+    named
 }

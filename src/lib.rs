@@ -7,9 +7,11 @@
 // Printing must never panic: see `say`.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod account;
 mod bridge;
 mod cli;
 mod client;
+mod fuse;
 mod govern;
 mod info;
 // Public for tests/fuzz.rs, which drives the parsers directly; the rest is the binary's.

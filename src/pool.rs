@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use crate::bridge::Bridge;
 use crate::cli::Config;
 use crate::client::{Client, OpenError};
+use crate::fuse::TokenFile;
 use crate::govern::Governor;
 use crate::jobs::{self, template::Template};
 use crate::makeflags::{self, Auth, MakeFlags};
@@ -172,11 +173,20 @@ impl Pool {
 
     /// `--serve=PATH` with `n` tokens.
     pub fn serve_at(config: &Config, path: &Path, n: usize) -> Result<Pool> {
-        let (server, client) = Server::serve_at(path, n, config.jobserver_group)?;
+        let group = config.jobserver_group;
+        let (server, client) = match config.accounting {
+            true => Server::account_at(path, n, group, config.per_process_limit)?,
+            false => Server::serve_at(path, n, group)?,
+        };
         if config.verbose {
             crate::say!(
-                "jsrun: serving {n} tokens through --jobserver-auth=fifo:{}",
-                path.display()
+                "jsrun: serving {n} tokens through --jobserver-auth=fifo:{}{}",
+                path.display(),
+                if config.accounting {
+                    " (accounting)"
+                } else {
+                    ""
+                }
             );
         }
         Ok(Pool::Served { server, client })
@@ -204,6 +214,11 @@ impl Pool {
     pub fn governor(&self) -> Option<Governor> {
         match self {
             Pool::Own { server, client } => Some(Governor::new(server.slots(), 1, client)),
+            // An accounting pool: its own ledger reclaims, and only jsrun touches its pipe,
+            // so the loop needs no watch on it.
+            Pool::Served { server, client } if server.token_file().is_some() => {
+                Some(Governor::new(server.slots(), 0, client).unwatched())
+            }
             Pool::Served { server, client } => {
                 let governor = Governor::new(server.slots(), 0, client);
                 // Reclaiming needs to see every holder: root sees all; a user sees only
@@ -220,6 +235,14 @@ impl Pool {
                     false => governor,
                 })
             }
+            _ => None,
+        }
+    }
+
+    /// The token file of an accounting pool (`--serve --accounting`).
+    pub fn token_file(&self) -> Option<&TokenFile> {
+        match self {
+            Pool::Served { server, .. } => server.token_file(),
             _ => None,
         }
     }

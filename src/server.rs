@@ -11,6 +11,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Gid;
 
 use crate::client::Client;
+use crate::fuse::TokenFile;
 use crate::makeflags::{self, Auth};
 use crate::sys;
 
@@ -37,7 +38,9 @@ pub struct Server {
     /// Both ends of the pipe, inheritable, open until jsrun exits.
     _pipe: Option<(OwnedFd, OwnedFd)>,
     /// `--serve`'s fifo, removed when dropped.
-    _served: Option<ServedFifo>,
+    _served: Option<ServedFile>,
+    /// `--serve --accounting`'s token file, unmounted and removed when dropped.
+    token_file: Option<TokenFile>,
 }
 
 impl Server {
@@ -99,6 +102,7 @@ impl Server {
             _dir: dir,
             _pipe: pipe,
             _served: None,
+            token_file: None,
         };
         Ok((server, client))
     }
@@ -108,15 +112,7 @@ impl Server {
     /// fifo that a live `jsrun --serve` still serves; replaces a stale fifo. The fifo is
     /// 0600, or 0660 and given to `group`.
     pub fn serve_at(path: &Path, slots: usize, group: Option<Gid>) -> Result<(Server, Client)> {
-        let page = page_size();
-        let pipe_max = pipe_max_size();
-        let most = max_slots(pipe_max, page) - 1;
-        if slots > most {
-            bail!(
-                "-j{slots} is more than a jobserver pipe can hold here (at most {most} tokens, \
-                 with fs.pipe-max-size at {pipe_max} bytes); use -j{most} or less"
-            );
-        }
+        let (page, pipe_max) = served_fits(slots)?;
         let show = path.display();
         match nix::sys::stat::lstat(path) {
             Ok(stat) if sys::is_fifo(&stat) => {
@@ -144,7 +140,7 @@ impl Server {
             .with_context(|| format!("cannot create fifo {show}"))?;
         let stat = nix::sys::stat::lstat(path).with_context(|| format!("cannot create {show}"))?;
         // From here on the fifo is removed on every path, an error included.
-        let served = ServedFifo {
+        let served = ServedFile {
             path: path.to_owned(),
             id: (stat.st_dev, stat.st_ino),
         };
@@ -163,8 +159,44 @@ impl Server {
             _dir: None,
             _pipe: None,
             _served: Some(served),
+            token_file: None,
         };
         Ok((server, client))
+    }
+
+    /// `--serve=PATH --accounting`: `slots` tokens handed out through a token file at
+    /// `path` (see `fuse` and `account`). The free tokens are kept in a private pipe, so
+    /// the returned connection reads and writes them as any pool's.
+    pub fn account_at(
+        path: &Path,
+        slots: usize,
+        group: Option<Gid>,
+        per_process_limit: Option<usize>,
+    ) -> Result<(Server, Client)> {
+        let (page, pipe_max) = served_fits(slots)?;
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .context("cannot create a pipe")?;
+        let pipe = Auth::Pipe {
+            read: r.as_raw_fd(),
+            write: w.as_raw_fd(),
+        };
+        stock(w.as_fd(), slots, page, pipe_max)?;
+        let client = Client::open(&pipe).context("cannot open the pool's pipe")?;
+        let token_file = TokenFile::mount(path, group, per_process_limit)?;
+        let server = Server {
+            slots,
+            auth: Auth::Fifo(path.to_owned()),
+            _dir: None,
+            _pipe: Some((r, w)),
+            _served: None,
+            token_file: Some(token_file),
+        };
+        Ok((server, client))
+    }
+
+    /// The token file of an accounting pool.
+    pub fn token_file(&self) -> Option<&TokenFile> {
+        self.token_file.as_ref()
     }
 
     /// The words children find in MAKEFLAGS: `-jN` and the jobserver, both spellings for a
@@ -278,19 +310,35 @@ fn is_jsrun_serving(command: &str) -> bool {
         && words.any(|w| w == "--serve" || w.starts_with("--serve="))
 }
 
-/// `--serve`'s fifo: removed when the daemon ends, if it is still the one it created.
-struct ServedFifo {
-    path: PathBuf,
-    id: (u64, u64),
+/// `--serve`'s fifo or token file: removed when the daemon ends, if it is still the one
+/// it created.
+pub(crate) struct ServedFile {
+    pub path: PathBuf,
+    pub id: (u64, u64),
 }
 
-impl Drop for ServedFifo {
+impl Drop for ServedFile {
     fn drop(&mut self) {
         let ours = nix::sys::stat::lstat(&self.path).is_ok_and(|s| (s.st_dev, s.st_ino) == self.id);
         if ours && let Err(e) = std::fs::remove_file(&self.path) {
             crate::say!("jsrun: warning: cannot remove {}: {e}", self.path.display());
         }
     }
+}
+
+/// Page size and `fs.pipe-max-size`, once a served pool of `slots` tokens (no implicit
+/// slot) is known to fit in a pipe.
+fn served_fits(slots: usize) -> Result<(usize, usize)> {
+    let page = page_size();
+    let pipe_max = pipe_max_size();
+    let most = max_slots(pipe_max, page) - 1;
+    if slots > most {
+        bail!(
+            "-j{slots} is more than a jobserver pipe can hold here (at most {most} tokens, \
+             with fs.pipe-max-size at {pipe_max} bytes); use -j{most} or less"
+        );
+    }
+    Ok((page, pipe_max))
 }
 
 /// The most slots a pool in a pipe of `capacity` bytes can serve: the implicit slot, and

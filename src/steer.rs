@@ -6,6 +6,7 @@
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
+use crate::account::Accountant;
 use crate::bridge::Bridge;
 use crate::govern::{Event, Governor, View};
 use crate::limits::{self, Exceeded, Limits, Probe};
@@ -18,6 +19,8 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 pub struct Steer<'p> {
     pool: &'p Pool,
     governor: Option<Governor>,
+    /// The ledger of an accounting pool (`--serve --accounting`).
+    accountant: Option<Accountant<'p>>,
     limiter: Option<Limiter>,
     verbose: bool,
 }
@@ -46,6 +49,10 @@ impl<'p> Steer<'p> {
         Steer {
             pool,
             governor: pool.governor(),
+            accountant: pool
+                .token_file()
+                .zip(pool.client())
+                .map(|(file, client)| Accountant::new(file, client)),
             limiter: limits.is_set().then(|| Limiter {
                 limits,
                 probe: Probe::from_env(),
@@ -67,7 +74,16 @@ impl<'p> Steer<'p> {
             return;
         };
         let mut events = Vec::new();
-        governor.wake(client, implicit_busy, now, &mut events);
+        if let Some(accountant) = &mut self.accountant {
+            // Requests first (a token written back goes to the next in line), then the
+            // governor (which takes what is free while it holds back), then what it let go.
+            accountant.serve(!governor.wants_tokens(), now);
+            governor.wake(client, implicit_busy, now, &mut events);
+            accountant.hand_out(!governor.wants_tokens(), now);
+            governor.observe(client, now, &mut events);
+        } else {
+            governor.wake(client, implicit_busy, now, &mut events);
+        }
         for event in events {
             match event {
                 Event::Level { in_use, held } => {
@@ -124,6 +140,12 @@ impl<'p> Steer<'p> {
         self.governor.as_ref().is_none_or(Governor::may_take)
     }
 
+    /// Whether an accounting pool's token file was unmounted from outside: nothing is
+    /// left to serve.
+    pub fn token_file_gone(&self) -> bool {
+        self.accountant.as_ref().is_some_and(Accountant::gone)
+    }
+
     /// Under another pool a limit keeps jsrun's own jobs down to one (a pool of jsrun's
     /// own is held back by its governor instead).
     pub fn own_jobs_limited(&self) -> bool {
@@ -134,7 +156,8 @@ impl<'p> Steer<'p> {
     pub fn deadline(&self) -> Option<Instant> {
         let check = self.limiter.as_ref().map(|l| l.next_check);
         let release = self.governor.as_ref().and_then(Governor::deadline);
-        check.into_iter().chain(release).min()
+        let ready = self.accountant.as_ref().and_then(Accountant::deadline);
+        check.into_iter().chain(release).chain(ready).min()
     }
 
     /// The descriptors to poll for reading: the governor's watch, the pool while the
@@ -154,6 +177,7 @@ impl<'p> Steer<'p> {
         ]
         .into_iter()
         .flatten()
+        .chain(self.accountant.iter().flat_map(Accountant::fds))
     }
 
     /// SIGUSR1 (`grow`) or SIGUSR2 on a pool of jsrun's own: its new size; `None` when

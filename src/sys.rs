@@ -275,12 +275,13 @@ fn holds(pid: u32, file: (u64, u64)) -> bool {
         .any(|fd| nix::sys::stat::stat(&fd.path()).is_ok_and(|s| (s.st_dev, s.st_ino) == file))
 }
 
-fn command_of(pid: u32) -> String {
+pub fn command_of(pid: u32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let words: Vec<String> = cmdline
         .split(|&b| b == 0)
         .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
+        // One line whatever the arguments hold (`sh -c 'multi-line script'`).
+        .map(|w| String::from_utf8_lossy(w).replace(char::is_control, " "))
         .collect();
     if !words.is_empty() {
         words.join(" ")
@@ -288,4 +289,122 @@ fn command_of(pid: u32) -> String {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         format!("[{}]", comm.trim())
     }
+}
+
+pub fn is_regular(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+/// Whether `path` is a file on a FUSE file system: an accounting pool's token file
+/// behind `fifo:`.
+pub fn on_fuse(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
+}
+
+/// mount(2) of a FUSE file system (`fuse.jsrun`) at `path` with the kernel `options`
+/// (`fd=N,rootmode=...`). No set-uid programs or device files through it.
+pub fn mount_fuse(path: &Path, options: &str) -> nix::Result<()> {
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        Some("jsrun"),
+        path,
+        Some("fuse.jsrun"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options),
+    )
+}
+
+/// Detaches the mount at `path` now (MNT_DETACH): processes that still have the file
+/// open keep it until they close it; the path shows what is under the mount at once.
+pub fn unmount_lazily(path: &Path) -> nix::Result<()> {
+    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+}
+
+/// A pidfd for process `pid` (pidfd_open(2), Linux 5.3): readable once the process has
+/// ended, with no signal and no reaping (it need not be our child).
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = nix::libc::pid_t::try_from(pid).map_err(|_| Errno::ESRCH)?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no
+    // memory is passed.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    let fd = Errno::result(fd)?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the syscall returned a new descriptor that nothing else owns (pidfds are
+    // close-on-exec).
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The thread group (process) of thread `tid`, from `/proc/TID/status`: FUSE names the
+/// thread that made a request, tokens belong to its process.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// The value of extended attribute `name` of the open file `fd` (at most 64 KiB).
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> io::Result<Vec<u8>> {
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: `name` is a NUL-terminated string and `buf` is valid for writes of
+    // `buf.len()` bytes for the whole call; fgetxattr writes at most that many.
+    let n = unsafe {
+        nix::libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = Errno::result(n)?;
+    buf.truncate(n.unsigned_abs());
+    Ok(buf)
+}
+
+/// A connected pair of Unix stream sockets, close-on-exec.
+pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+    Ok(nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// Runs `f` (which starts a child) with `fd` inheritable, then makes it close-on-exec
+/// again. jsrun is single-threaded: no other child can start meanwhile.
+pub fn with_inheritable<T>(fd: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    set_inheritable(fd)?;
+    let result = f();
+    nix::fcntl::fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    result
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS over the socket `fd` (as fusermount3
+/// sends the `/dev/fuse` descriptor).
+pub fn receive_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&raw) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor in our table for us; we
+            // are its only owner.
+            return Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        }
+    }
+    Err(io::Error::other("no descriptor in the message"))
 }

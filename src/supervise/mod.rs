@@ -133,6 +133,10 @@ impl Supervisor<'_> {
         loop {
             self.steer
                 .tick(Instant::now(), self.ledger.implicit_busy(), self.report);
+            if self.steer.token_file_gone() && !self.verdict.halted() {
+                // Unmounted from outside: no client can reach the pool any more.
+                self.stop(Status::Code(1));
+            }
             let started = self.crew.jobs.len();
             let wants = self.start_jobs();
             if self.crew.jobs.len() != started {
