@@ -115,7 +115,7 @@ fn is_fuse_mount(path: &Path) -> bool {
 /// `jsrun -v --serve=SANDBOX/pool -jN --accounting ARGS`, once its token file is
 /// mounted; `None` (said loudly, naming the running test) where this machine
 /// cannot mount FUSE.
-fn accounting_pool(sandbox: &Sandbox, n: usize, args: &[&str]) -> Option<(Running, PathBuf)> {
+fn accounting_pool(sandbox: &Sandbox, n: usize, args: &[&str]) -> Option<(Pool, PathBuf)> {
     if let Some(why) = fuse_unavailable() {
         let current = std::thread::current();
         machine_cannot(current.name().unwrap_or("accounting_peers"), &why);
@@ -126,7 +126,49 @@ fn accounting_pool(sandbox: &Sandbox, n: usize, args: &[&str]) -> Option<(Runnin
     running.wait_until("the accounting pool mounted at its path", || {
         is_fuse_mount(&path)
     });
-    Some((running, path))
+    let pool = Pool {
+        daemon: Some(running),
+        path: path.clone(),
+    };
+    Some((pool, path))
+}
+
+/// The daemon of an accounting pool. A test that fails before [`stop`] kills it
+/// (SIGKILL to its group), which leaves its FUSE mount behind, dead: dropping
+/// the pool detaches that mount, so the sandbox can go.
+struct Pool {
+    daemon: Option<Running>,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Pool {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        self.daemon.as_ref().expect("the daemon runs")
+    }
+}
+
+impl std::ops::DerefMut for Pool {
+    fn deref_mut(&mut self) -> &mut Running {
+        self.daemon.as_mut().expect("the daemon runs")
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        if !is_fuse_mount(&self.path) {
+        } else if is_root() {
+            let target = CString::new(self.path.as_os_str().as_bytes()).expect("no NUL");
+            // SAFETY: target is a NUL-terminated path; MNT_DETACH never waits.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        } else {
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.path)
+                .status();
+        }
+    }
 }
 
 /// Free tokens in the pool now: this process takes every token it can get
@@ -188,9 +230,10 @@ fn holders(sandbox: &Sandbox, path: &Path, n: usize) -> Vec<(u32, String, usize)
 
 /// SIGTERM to the pool: exit 0 (every token back), the token file unmounted and gone.
 #[track_caller]
-fn stop(pool: Running, path: &Path) -> crate::util::Output {
-    pool.signal(libc::SIGTERM);
-    let output = pool.wait();
+fn stop(mut pool: Pool, path: &Path) -> crate::util::Output {
+    let daemon = pool.daemon.take().expect("the daemon runs");
+    daemon.signal(libc::SIGTERM);
+    let output = daemon.wait();
     output.success();
     assert!(!is_fuse_mount(path), "{} still mounted", path.display());
     assert!(!path.exists(), "{} left behind", path.display());
@@ -225,7 +268,6 @@ fn probe_makefile(sandbox: &Sandbox, count: usize, sleep_ms: u64, barrier: Optio
 /// across both (no implicit slot in either), the pool whole afterwards, and
 /// SIGTERM ends it with 0 and no warning.
 #[test]
-#[ignore = "needs --accounting"]
 fn two_emerges_share_an_accounting_pool() {
     let _serial = emerge::serial();
     let sandbox = Sandbox::new();
@@ -242,7 +284,6 @@ fn two_emerges_share_an_accounting_pool() {
 /// naming make's pid, and emerge goes on to build 4 packages at once, which it
 /// could not with the 3 tokens lost (its first builds wait for each other).
 #[test]
-#[ignore = "needs --accounting"]
 fn a_killed_make_gives_its_tokens_back_while_emerge_holds_the_pool() {
     let _serial = emerge::serial();
     let sandbox = Sandbox::new();
@@ -369,7 +410,6 @@ fn main() {
 /// by cargo and the scripts. The build succeeds, the scripts saw the pool in
 /// CARGO_MAKEFLAGS, the pool is whole afterwards and nothing was reclaimed.
 #[test]
-#[ignore = "needs --accounting"]
 fn a_cargo_build_takes_its_tokens_from_the_accounting_pool() {
     let sandbox = Sandbox::new();
     let Some((pool, path)) = accounting_pool(&sandbox, 4, &[]) else {
@@ -519,7 +559,6 @@ fn a_thread_blocks_in_read(pid: u32) -> bool {
 /// each byte: run on `jsrun --serve` without `--accounting`, one of two orders
 /// failed in 3 runs of 4.)
 #[test]
-#[ignore = "needs --accounting"]
 fn waiting_clients_are_served_first_come_first_served() {
     for make_first in [true, false, true, false] {
         if !served_in_order(make_first) {
@@ -608,7 +647,6 @@ fn served_in_order(make_first: bool) -> bool {
 /// the greedy client is SIGKILLed its 2 tokens come back with a warning naming
 /// it, and SIGTERM finds the pool whole (exit 0).
 #[test]
-#[ignore = "needs --accounting"]
 fn a_per_process_limit_leaves_make_its_share_beside_a_greedy_client() {
     let sandbox = Sandbox::new();
     let Some((mut pool, path)) = accounting_pool(&sandbox, 4, &["--per-process-limit=2"]) else {
