@@ -458,9 +458,14 @@ impl<'p> Accountant<'p> {
     }
 
     /// The pool's state for `--info` (the extended attribute [`fuse::POOL_XATTR`]):
-    /// `free N`, then `holder PID TOKENS COMMAND` lines.
+    /// `free N`, `waiting N` (readers and pollers in line), then `holder PID TOKENS
+    /// COMMAND` lines.
     fn describe(&self) -> String {
-        let mut text = format!("free {}\n", self.pool.available().unwrap_or(0));
+        let mut text = format!(
+            "free {}\nwaiting {}\n",
+            self.pool.available().unwrap_or(0),
+            self.line.len()
+        );
         let mut pids: Vec<&u32> = self.holders.keys().collect();
         pids.sort();
         for pid in pids {

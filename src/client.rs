@@ -142,8 +142,8 @@ impl Client {
         &self.auth
     }
 
-    /// An accounting pool's own account of itself (`free N`, then `holder PID TOKENS
-    /// COMMAND` lines), read from its token file; `None` for any other jobserver.
+    /// An accounting pool's own account of itself (`free N`, `waiting N`, then `holder
+    /// PID TOKENS COMMAND` lines), read from its token file; `None` for any other jobserver.
     pub fn account(&self) -> Option<io::Result<String>> {
         self.token_file.then(|| {
             sys::get_xattr(self.read.as_fd(), crate::fuse::POOL_XATTR)

@@ -424,25 +424,31 @@ impl Drop for TokenFile {
 /// it removed; a live one, or anything else, is refused.
 fn clear_stale(path: &Path) -> Result<()> {
     let show = path.display();
-    match nix::sys::stat::lstat(path) {
+    // The kernel may answer lstat from its cache even for a dead mount; statfs always
+    // asks the daemon.
+    let stale = match nix::sys::stat::lstat(path) {
         Err(Errno::ENOENT) => return Ok(()),
-        Err(Errno::ENOTCONN) => {
-            crate::say!("jsrun: replacing {show}, a token file whose jsrun has ended");
-            sys::unmount_lazily(path).with_context(|| format!("cannot unmount {show}"))?;
-        }
+        Err(Errno::ENOTCONN) => true,
         Err(e) => bail!("cannot look at {show}: {e}"),
-        Ok(stat) => {
-            let fuse = nix::sys::statfs::statfs(path)
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC);
-            if fuse && sys::is_regular(&stat) {
+        Ok(stat) => match nix::sys::statfs::statfs(path) {
+            Err(Errno::ENOTCONN) => true,
+            Ok(fs)
+                if fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC
+                    && sys::is_regular(&stat) =>
+            {
                 bail!(
                     "{show} is a token file served already (by a live jsrun --accounting); \
                      stop that one first, or choose another --serve path"
-                );
+                )
             }
-            bail!("{show} exists; remove it or choose another --serve path");
-        }
+            _ => false,
+        },
+    };
+    if !stale {
+        bail!("{show} exists; remove it or choose another --serve path");
     }
+    crate::say!("jsrun: replacing {show}, a token file whose jsrun has ended");
+    sys::unmount_lazily(path).with_context(|| format!("cannot unmount {show}"))?;
     match nix::sys::stat::lstat(path) {
         Ok(stat) if sys::is_regular(&stat) && stat.st_size == 0 => {
             std::fs::remove_file(path).with_context(|| format!("cannot remove {show}"))

@@ -137,6 +137,8 @@ fn describe_account(account: &str, out: &mut String) -> Vec<u32> {
         if let Some(free) = line.strip_prefix("free ") {
             put!(out, "free tokens: {free}");
             put!(out, "accounting: yes");
+        } else if let Some(waiting) = line.strip_prefix("waiting ") {
+            put!(out, "waiting for a token: {waiting}");
         } else if let Some(rest) = line.strip_prefix("holder ") {
             let mut words = rest.splitn(3, ' ');
             let (Some(pid), Some(count), command) = (words.next(), words.next(), words.next())

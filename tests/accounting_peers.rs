@@ -245,21 +245,6 @@ fn makeflags(path: &Path, n: usize) -> String {
     format!("-j{n} --jobserver-auth=fifo:{}", path.display())
 }
 
-/// A Makefile of `count` recipes, each a probe that sleeps `sleep_ms` (and
-/// waits at `barrier` for `want` jobs when given).
-fn probe_makefile(sandbox: &Sandbox, count: usize, sleep_ms: u64, barrier: Option<usize>) {
-    let ids = values(count);
-    let mut text = format!(".PHONY: all {0}\nall: {0}\n", ids.join(" "));
-    for id in &ids {
-        let mut probe = sandbox.probe().id(format!("make{id}"));
-        if let Some(want) = barrier {
-            probe = probe.barrier(&sandbox.join("barrier"), want);
-        }
-        text.push_str(&format!("{id}:\n\t{}\n", probe.sleep_ms(sleep_ms).shell()));
-    }
-    sandbox.write("Makefile", text);
-}
-
 // ---------------------------------------------------------------------------
 // emerge
 
@@ -290,7 +275,7 @@ fn a_killed_make_gives_its_tokens_back_while_emerge_holds_the_pool() {
     let Some((mut pool, path)) = accounting_pool(&sandbox, 4, &[]) else {
         return;
     };
-    probe_makefile(&sandbox, 4, 600_000, None);
+    sandbox.probe_makefile(&values(4), 1, 600_000);
     let mut make = sandbox
         .command(make44())
         .env("MAKEFLAGS", makeflags(&path, 4))
@@ -576,7 +561,7 @@ fn served_in_order(make_first: bool) -> bool {
     };
     let mut first = greedy(&sandbox, &path, "first", 4, None, 4);
     let log = sandbox.log();
-    probe_makefile(&sandbox, 2, 2_000, None);
+    sandbox.probe_makefile(&values(2), 1, 2_000);
     let start_make = || {
         let mut make = sandbox
             .command(make44())
@@ -653,7 +638,7 @@ fn a_per_process_limit_leaves_make_its_share_beside_a_greedy_client() {
         return;
     };
     let greedy = greedy(&sandbox, &path, "greedy", 4, None, 2);
-    probe_makefile(&sandbox, 9, 100, Some(3));
+    sandbox.probe_makefile(&values(9), 3, 100);
     let make = sandbox
         .command(make44())
         .env("MAKEFLAGS", makeflags(&path, 4))

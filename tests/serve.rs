@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::util::{Running, Sandbox, make44, values};
 
-/// Starts `jsrun -v --serve=SANDBOX/pool -jN ARGS` and waits for its fifo.
-fn serve(sandbox: &Sandbox, n: usize, args: &[&str]) -> (Running, PathBuf) {
+/// Starts `jsrun -v --serve=SANDBOX/pool -jN ARGS` and waits until it serves (also
+/// the token file of `--accounting`, tests/accounting.rs).
+pub(crate) fn serve(sandbox: &Sandbox, n: usize, args: &[&str]) -> (Running, PathBuf) {
     let (mut running, path) = spawn_served(sandbox, n, args, crate::util::DEADLINE);
     let stderr = running.stderr_path();
     running.wait_until("the served fifo", || {
@@ -104,17 +105,7 @@ fn make_runs_on_the_served_pool_and_sigterm_ends_it_cleanly() {
     let sandbox = Sandbox::new();
     let (running, path) = serve(&sandbox, 3, &[]);
     assert!(fs::metadata(&path).unwrap().file_type().is_fifo());
-    let ids = values(8);
-    let mut text = format!(".PHONY: all {0}\nall: {0}\n", ids.join(" "));
-    for id in &ids {
-        let probe = sandbox
-            .probe()
-            .id(id)
-            .barrier(&sandbox.join("barrier"), 4)
-            .sleep_ms(100);
-        text.push_str(&format!("{id}:\n\t{}\n", probe.shell()));
-    }
-    sandbox.write("Makefile", text);
+    sandbox.probe_makefile(&values(8), 4, 100);
     let make = sandbox
         .command(make44())
         .env(
@@ -278,18 +269,7 @@ fn make_and_a_jobserver_crate_client_share_the_served_pool() {
         .command(make44())
         .env("MAKEFLAGS", &makeflags)
         .spawn();
-    let client = sandbox
-        .command(crate::util::example("crate_client"))
-        .env("MAKEFLAGS", &makeflags)
-        .args(["--jobs", "2", "--id-prefix", "c"])
-        .arg("--out")
-        .arg(sandbox.join("crate.out"))
-        .arg("--log")
-        .arg(sandbox.log().path())
-        .arg("--barrier")
-        .arg(&barrier)
-        .args(["--want", "5", "--sleep-ms", "100"])
-        .spawn();
+    let client = sandbox.crate_client(&makeflags, 2, 5).spawn();
     make.wait().success().stderr_lacks("warning");
     client.wait().success();
     let log = sandbox.log();

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod accounting;
 mod accounting_peers;
 mod bridge;
 mod client;

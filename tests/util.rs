@@ -198,6 +198,36 @@ impl Sandbox {
         path
     }
 
+    /// A Makefile with a phony target per id, each a probe that meets `meet` others at a
+    /// barrier and sleeps `sleep_ms`: make's peak concurrency shows in the log.
+    pub fn probe_makefile(&self, ids: &[String], meet: usize, sleep_ms: u64) -> PathBuf {
+        let mut text = format!(".PHONY: all {0}\nall: {0}\n", ids.join(" "));
+        for id in ids {
+            let probe = self
+                .probe()
+                .id(id)
+                .barrier(&self.join("barrier"), meet)
+                .sleep_ms(sleep_ms);
+            text.push_str(&format!("{id}:\n\t{}\n", probe.shell()));
+        }
+        self.write("Makefile", text)
+    }
+
+    /// examples/crate_client under `makeflags`: `jobs` jobs (ids c1..), each meeting
+    /// `want` at the barrier and sleeping 100 ms, logged to this sandbox's log.
+    pub fn crate_client(&self, makeflags: &str, jobs: usize, want: usize) -> Cmd {
+        self.command(example("crate_client"))
+            .env("MAKEFLAGS", makeflags)
+            .args(["--jobs", &jobs.to_string(), "--id-prefix", "c"])
+            .arg("--out")
+            .arg(self.join("crate.out"))
+            .arg("--log")
+            .arg(self.log().path())
+            .arg("--barrier")
+            .arg(self.join("barrier"))
+            .args(["--want", &want.to_string(), "--sleep-ms", "100"])
+    }
+
     /// The default job log of this sandbox.
     pub fn log(&self) -> Log {
         Log::new(self.join("log"))

@@ -1,0 +1,557 @@
+//! `jsrun --serve=PATH -jN --accounting`: the token file on a real FUSE mount. Real
+//! make 4.4.1, the jobserver crate, a fifo-only client and jsrun itself as clients;
+//! per-process accounting (a killed holder's tokens back while another holder lives, a
+//! killed waiting reader, a foreign write), the per-process limit, first-come order,
+//! `--info` counts, SIGTERM with holders and waiters, a stale mount, and FUSE unavailable.
+//!
+//! Holders are bash processes that read and write the token file themselves (`read -N 1
+//! -u 3`, `printf + >&3`): tokens belong to the process that read them, so a `head`
+//! child reading for a shell would hold them, not the shell.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::util::{Running, Sandbox, jsrun_bin, machine_cannot, make44, path_str, values};
+
+/// Whether this machine can mount a FUSE token file: /dev/fuse, and root (mount(2)) or
+/// fusermount3. Says so loudly when it cannot.
+fn fuse_here(test: &str) -> bool {
+    let device = fs::metadata("/dev/fuse")
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+    let root = nix::unistd::geteuid().is_root();
+    let why = match (device, root || which::which("fusermount3").is_ok()) {
+        (false, _) => "no /dev/fuse",
+        (true, false) => "not root, and no fusermount3",
+        (true, true) => return true,
+    };
+    machine_cannot(test, why);
+    false
+}
+
+/// Starts `jsrun -v --serve=SANDBOX/pool -jN --accounting ARGS` and waits until it
+/// serves.
+fn serve(sandbox: &Sandbox, n: usize, args: &[&str]) -> (Running, PathBuf) {
+    let args: Vec<&str> = ["--accounting"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    crate::serve::serve(sandbox, n, &args)
+}
+
+/// What the pool says of itself (the extended attribute `--info` reads).
+#[derive(Debug)]
+struct Account {
+    free: usize,
+    waiting: usize,
+    /// (pid, tokens) of every holder.
+    holders: Vec<(u32, usize)>,
+}
+
+fn account(path: &Path) -> Account {
+    let cpath = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.jsrun.pool").unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: both strings are NUL-terminated, and `buf` is valid for writes of its
+    // length for the whole call.
+    let n = unsafe {
+        libc::getxattr(
+            cpath.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
+    let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+    let mut account = Account {
+        free: 0,
+        waiting: 0,
+        holders: Vec::new(),
+    };
+    for line in text.lines() {
+        let words: Vec<&str> = line.split(' ').collect();
+        match words.as_slice() {
+            ["free", n] => account.free = n.parse().unwrap(),
+            ["waiting", n] => account.waiting = n.parse().unwrap(),
+            ["holder", pid, n, ..] => account
+                .holders
+                .push((pid.parse().unwrap(), n.parse().unwrap())),
+            _ => panic!("unexpected account line {line:?} in {text:?}"),
+        }
+    }
+    account
+}
+
+fn stderr_of(running: &Running) -> String {
+    fs::read_to_string(running.stderr_path()).unwrap_or_default()
+}
+
+/// Whether the token file is still mounted.
+fn mounted(path: &Path) -> bool {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&path_str(path)))
+}
+
+/// A bash process that opens the token file, takes `take` tokens itself, touches
+/// `took-NAME`; when a line comes on its stdin it gives them back and touches
+/// `gave-NAME`, then sleeps. Returned at once: it may still wait for its tokens.
+fn taker(sandbox: &Sandbox, path: &Path, take: usize, name: &str) -> Running {
+    let script = format!(
+        "exec 3<>\"$1\"; for i in $(seq {take}); do read -r -N 1 -u 3 t || exit 3; done; \
+         : > \"$2\"; read line; for i in $(seq {take}); do printf + >&3 || exit 4; done; \
+         : > \"$3\"; exec sleep 600"
+    );
+    sandbox
+        .command("bash")
+        .args(["-c", &script, "bash"])
+        .arg(path)
+        .arg(sandbox.join(format!("took-{name}")))
+        .arg(sandbox.join(format!("gave-{name}")))
+        .stdin_pipe()
+        .spawn()
+}
+
+/// [`taker`], returned once it holds its tokens.
+fn holder(sandbox: &Sandbox, path: &Path, take: usize, name: &str) -> Running {
+    let mut running = taker(sandbox, path, take, name);
+    let took = sandbox.join(format!("took-{name}"));
+    running.wait_until("the holder to take its tokens", || took.exists());
+    running
+}
+
+/// Tells a [`taker`] to give its tokens back and waits until it has.
+fn give_back(sandbox: &Sandbox, running: &mut Running, name: &str) {
+    writeln!(running.take_stdin(), "go").unwrap();
+    let gave = sandbox.join(format!("gave-{name}"));
+    running.wait_until("the holder to give its tokens back", || gave.exists());
+}
+
+/// Waits until process `pid` has ended (a zombie or gone), not stuck in the kernel.
+fn ended(what: &str, pid: i32) {
+    crate::util::wait_until(what, || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'))
+        })
+    });
+}
+
+fn makeflags(n: usize, path: &Path) -> String {
+    format!("-j{n} --jobserver-auth=fifo:{}", path.display())
+}
+
+/// make 4.4.1 takes the token file from MAKEFLAGS (as from make.conf) and runs its
+/// implicit slot and the 3 tokens, 4 jobs at once (they meet in fours), without a word
+/// of complaint; SIGTERM then ends the daemon with 0, unmounted, PATH removed.
+#[test]
+fn make_runs_on_the_token_file_and_sigterm_ends_it_cleanly() {
+    if !fuse_here("accounting::make_runs_on_the_token_file") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 3, &[]);
+    assert!(fs::metadata(&path).unwrap().is_file());
+    sandbox.probe_makefile(&values(8), 4, 100);
+    let make = sandbox
+        .command(make44())
+        .env("MAKEFLAGS", makeflags(3, &path))
+        .run();
+    make.success()
+        .stderr_lacks("warning")
+        .stderr_lacks("jobserver");
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(8), "{}", log.dump());
+    assert_eq!(log.peak(), 4, "{}\n{}", log.dump(), make.report());
+    let after = account(&path);
+    assert_eq!((after.free, after.holders.len()), (3, 0), "{after:?}");
+    running.signal(libc::SIGTERM);
+    running.wait().success().stderr_lacks("warning");
+    assert!(!mounted(&path), "still mounted");
+    assert!(!path.exists(), "the token file is removed");
+}
+
+/// The jobserver crate (cargo's, cc's) opens the token file behind fifo: and takes
+/// tokens with blocking reads from several threads; the fifo-only client (a stand-in for
+/// upstream ninja and Portage) too. Each reaches its implicit slot + 2 tokens.
+#[test]
+fn the_jobserver_crate_and_a_fifo_only_client_use_the_token_file() {
+    if !fuse_here("accounting::the_jobserver_crate_and_a_fifo_only_client") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 2, &[]);
+    let client = sandbox.crate_client(&makeflags(2, &path), 3, 3).run();
+    client.success();
+    let log = sandbox.log();
+    assert_eq!(log.finished().len(), 3, "{}", log.dump());
+    assert_eq!(log.peak(), 3, "{}", log.dump());
+    assert_eq!(account(&path).free, 2);
+
+    let sandbox2 = Sandbox::new();
+    let probe = sandbox2
+        .probe()
+        .id("f%n")
+        .barrier(&sandbox2.join("barrier"), 3)
+        .sleep_ms(100);
+    let fifo_only = sandbox2
+        .command(crate::util::example("fifo_client"))
+        .env("MAKEFLAGS", makeflags(2, &path))
+        .args(["--jobs", "3", "--"])
+        .args(probe.words())
+        .run();
+    fifo_only.success();
+    let log = sandbox2.log();
+    assert_eq!(log.finished().len(), 3, "{}", log.dump());
+    assert_eq!(log.peak(), 3, "{}", log.dump());
+    assert_eq!(account(&path).free, 2);
+    running.signal(libc::SIGTERM);
+    running.wait().success().stderr_lacks("warning");
+}
+
+/// jsrun itself as a client (non-blocking reads and poll, as make's and ninja's): under
+/// MAKEFLAGS its implicit slot + 2 tokens; with --jobserver=fifo:PATH exactly the 2.
+#[test]
+fn jsrun_is_a_client_of_the_token_file() {
+    if !fuse_here("accounting::jsrun_is_a_client_of_the_token_file") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 2, &[]);
+    for (env, given, want) in [(true, false, 3), (false, true, 2)] {
+        let run = Sandbox::new();
+        let probe = run
+            .probe()
+            .id("{}")
+            .barrier(&run.join("barrier"), want)
+            .sleep_ms(100);
+        let mut cmd = run.jsrun();
+        if env {
+            cmd = cmd.env("MAKEFLAGS", makeflags(2, &path));
+        }
+        if given {
+            cmd = cmd.arg(format!("--jobserver=fifo:{}", path.display()));
+        }
+        let output = cmd.args(probe.words()).arg(":::").args(values(6)).run();
+        output.success().stderr_lacks("warning");
+        let log = run.log();
+        assert_eq!(log.finished(), values(6), "{}", log.dump());
+        assert_eq!(log.peak(), want, "{}\n{}", log.dump(), output.report());
+        assert_eq!(account(&path).free, 2);
+    }
+    running.signal(libc::SIGTERM);
+    running.wait().success().stderr_lacks("warning");
+}
+
+/// A holder SIGKILLed with 2 tokens while another holder lives: a fifo could not give
+/// them back until nobody held it open; the token file gives them back at once (the
+/// pidfd), with a warning naming the pid, its command and the count.
+#[test]
+fn a_killed_holders_tokens_come_back_while_another_holder_lives() {
+    if !fuse_here("accounting::a_killed_holders_tokens_come_back") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (mut running, path) = serve(&sandbox, 4, &[]);
+    let keeper = holder(&sandbox, &path, 1, "keeper");
+    let taker = holder(&sandbox, &path, 2, "taker");
+    let before = account(&path);
+    assert_eq!(before.free, 1, "{before:?}");
+    let victim = taker.pid() as u32;
+    assert!(before.holders.contains(&(victim, 2)), "{before:?}");
+    let killed = Instant::now();
+    taker.signal(libc::SIGKILL);
+    let stderr = running.stderr_path();
+    let warning = format!("pid {victim} (bash -c");
+    running.wait_until("the reclaim", || {
+        fs::read_to_string(&stderr)
+            .is_ok_and(|e| e.contains(&warning) && e.contains("ended holding 2 tokens"))
+    });
+    eprintln!("reclaimed {:?} after the SIGKILL", killed.elapsed());
+    drop(taker.wait());
+    let after = account(&path);
+    assert_eq!(after.free, 3, "{after:?}");
+    assert_eq!(
+        after.holders,
+        [(keeper.pid() as u32, 1)],
+        "the keeper keeps its token"
+    );
+    drop(keeper);
+    running.wait_until("the keeper's token back", || account(&path).free == 4);
+    running.signal(libc::SIGTERM);
+    running.wait().success();
+}
+
+/// A reader blocked waiting for a token is SIGKILLed: the daemon answers the kernel's
+/// INTERRUPT, so the reader dies at once instead of hanging in D state, and it is not
+/// given the token later: the pool is whole when the holder gives its token back.
+#[test]
+fn a_killed_waiting_reader_neither_hangs_nor_takes_a_token() {
+    if !fuse_here("accounting::a_killed_waiting_reader") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (mut running, path) = serve(&sandbox, 1, &[]);
+    let mut keeper = holder(&sandbox, &path, 1, "keeper");
+    let waiter = taker(&sandbox, &path, 1, "waiter");
+    running.wait_until("the reader in line", || account(&path).waiting == 1);
+    let pid = waiter.pid();
+    waiter.signal(libc::SIGKILL);
+    ended("the killed reader to end", pid);
+    drop(waiter.wait());
+    assert!(!sandbox.join("took-waiter").exists());
+    assert_eq!(account(&path).waiting, 0);
+    give_back(&sandbox, &mut keeper, "keeper");
+    let after = account(&path);
+    assert_eq!((after.free, after.holders.len()), (1, 0), "{after:?}");
+    running.signal(libc::SIGTERM);
+    running.wait().success().stderr_lacks("warning");
+}
+
+/// A byte written by a process that holds no token is refused (ENOSPC, as steve does)
+/// and never grows the pool, with a warning; a holder's own write is taken.
+#[test]
+fn a_write_from_a_process_holding_none_never_grows_the_pool() {
+    if !fuse_here("accounting::a_write_from_a_process_holding_none") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 2, &[]);
+    let write = sandbox
+        .command("bash")
+        .args(["-c", "exec 3<>\"$1\"; printf +++ >&3", "bash"])
+        .arg(&path)
+        .run();
+    write.code(1).stderr_contains("No space left on device");
+    assert_eq!(account(&path).free, 2, "the pool grew");
+    let stderr = stderr_of(&running);
+    assert!(
+        stderr.contains("wrote a token it never took: refused"),
+        "{stderr}"
+    );
+    // A holder of 1 writing 3 bytes gives back 1: the rest is refused.
+    let script = "exec 3<>\"$1\"; read -r -N 1 -u 3 t; printf +++ >&3";
+    let partial = sandbox
+        .command("bash")
+        .args(["-c", script, "bash"])
+        .arg(&path)
+        .run();
+    partial.code(1);
+    assert_eq!(account(&path).free, 2);
+    running.signal(libc::SIGTERM);
+    running.wait().success();
+}
+
+/// `--per-process-limit=2`: one jsrun (one process) with `-j6 --jobserver=fifo:PATH`
+/// never holds more than 2 of the 4 tokens; another process still gets the rest.
+#[test]
+fn the_per_process_limit_caps_one_process() {
+    if !fuse_here("accounting::the_per_process_limit") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 4, &["--per-process-limit=2"]);
+    let probe = sandbox
+        .probe()
+        .id("{}")
+        .barrier(&sandbox.join("barrier"), 2)
+        .sleep_ms(150);
+    let greedy = sandbox
+        .jsrun()
+        .arg("-j6")
+        .arg(format!("--jobserver=fifo:{}", path.display()))
+        .args(probe.words())
+        .arg(":::")
+        .args(values(6))
+        .spawn();
+    let other = holder(&sandbox, &path, 2, "other");
+    greedy.wait().success();
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(6), "{}", log.dump());
+    assert_eq!(log.peak(), 2, "{}", log.dump());
+    assert!(account(&path).holders.contains(&(other.pid() as u32, 2)));
+    drop(other);
+    running.signal(libc::SIGTERM);
+    running.wait();
+}
+
+/// Readers are served in the order they came, blocking readers and a polling one
+/// (jsrun as a client) alike, one token each: a pool of 1 goes first, second, third.
+#[test]
+fn waiting_readers_and_pollers_are_served_first_come_first_served() {
+    if !fuse_here("accounting::waiting_readers_and_pollers_are_served_in_order") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (mut running, path) = serve(&sandbox, 1, &[]);
+    let mut keeper = holder(&sandbox, &path, 1, "keeper");
+    let order = sandbox.join("order");
+    // Each takes the token, notes its name, and gives it back when it ends.
+    let note = |name: &str| {
+        format!(
+            "exec 3<>\"$1\"; read -r -N 1 -u 3 t; echo {name} >> \"$2\"; sleep 0.05; printf + >&3"
+        )
+    };
+    let first = sandbox
+        .command("bash")
+        .args(["-c", &note("first"), "bash"])
+        .arg(&path)
+        .arg(&order)
+        .spawn();
+    running.wait_until("the first in line", || account(&path).waiting == 1);
+    let second = sandbox
+        .jsrun()
+        .arg(format!("--jobserver=fifo:{}", path.display()))
+        .args(["sh", "-c", "echo second >> \"$1\"", "sh"])
+        .arg(&order)
+        .spawn();
+    running.wait_until("the poller in line", || account(&path).waiting == 2);
+    let third = sandbox
+        .command("bash")
+        .args(["-c", &note("third"), "bash"])
+        .arg(&path)
+        .arg(&order)
+        .spawn();
+    running.wait_until("the third in line", || account(&path).waiting == 3);
+    give_back(&sandbox, &mut keeper, "keeper");
+    first.wait().success();
+    second.wait().success();
+    third.wait().success();
+    assert_eq!(
+        fs::read_to_string(&order).unwrap(),
+        "first\nsecond\nthird\n"
+    );
+    assert_eq!(account(&path).free, 1);
+    running.signal(libc::SIGTERM);
+    running.wait().success();
+}
+
+/// `--info` under MAKEFLAGS naming the token file lists each holder with its count.
+#[test]
+fn info_lists_each_holder_with_its_tokens() {
+    if !fuse_here("accounting::info_lists_each_holder") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 3, &[]);
+    let two = holder(&sandbox, &path, 2, "two");
+    let info = sandbox
+        .jsrun()
+        .env("MAKEFLAGS", makeflags(3, &path))
+        .arg("--info")
+        .run();
+    info.success();
+    let want = format!("holder: {} bash -c ", two.pid());
+    let line = info
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&want))
+        .unwrap_or_else(|| panic!("no {want:?} in\n{}", info.report()));
+    assert!(line.ends_with(" (2 tokens)"), "{line}");
+    assert!(
+        info.stdout.contains("free tokens: 1\n"),
+        "{}",
+        info.report()
+    );
+    assert!(
+        info.stdout.contains("accounting: yes\n"),
+        "{}",
+        info.report()
+    );
+    drop(two);
+    running.signal(libc::SIGTERM);
+    running.wait();
+}
+
+/// SIGTERM while a holder holds a token and a reader waits: the reader gets an error at
+/// once (no token will come), the daemon names the holder, exits 1, and leaves nothing
+/// mounted and no file behind.
+#[test]
+fn sigterm_with_holders_and_waiters_unmounts_and_exits_1() {
+    if !fuse_here("accounting::sigterm_with_holders_and_waiters") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (mut running, path) = serve(&sandbox, 1, &[]);
+    let keeper = holder(&sandbox, &path, 1, "keeper");
+    let waiter = taker(&sandbox, &path, 1, "waiter");
+    running.wait_until("the reader in line", || account(&path).waiting == 1);
+    running.signal(libc::SIGTERM);
+    let output = running.wait();
+    output
+        .code(1)
+        .stderr_contains(&format!("pid {} (bash -c", keeper.pid()))
+        .stderr_contains("still holds 1 token at the end")
+        .stderr_contains("1 missing at exit");
+    waiter.wait().code(3);
+    assert!(!mounted(&path), "still mounted");
+    assert!(!path.exists(), "the token file is left behind");
+}
+
+/// A daemon killed with SIGKILL leaves its mount behind (every access: ENOTCONN); the
+/// next one unmounts it and serves again. A live token file is refused.
+#[test]
+fn a_stale_token_file_is_replaced_and_a_live_one_refused() {
+    if !fuse_here("accounting::a_stale_token_file_is_replaced") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path) = serve(&sandbox, 2, &[]);
+    let second = sandbox
+        .jsrun()
+        .arg(format!("--serve={}", path.display()))
+        .args(["-j2", "--accounting"])
+        .run();
+    second.code(125).stderr_contains("served already");
+    running.signal(libc::SIGKILL);
+    drop(running.wait());
+    assert!(mounted(&path), "a SIGKILL leaves the mount");
+    let (running, path) = serve(&sandbox, 2, &[]);
+    assert!(stderr_of(&running).contains("replacing"));
+    assert_eq!(account(&path).free, 2);
+    running.signal(libc::SIGTERM);
+    running.wait().success();
+    assert!(!mounted(&path) && !path.exists());
+}
+
+/// Where FUSE cannot be used (here: /dev/null bind-mounted over /dev/fuse in a private
+/// mount namespace, so the mount is refused), exit 125 with one line saying why and that
+/// plain --serve works; nothing is left at PATH.
+#[test]
+fn fuse_unavailable_is_125_with_the_reason() {
+    let test = "accounting::fuse_unavailable_is_125_with_the_reason";
+    if !nix::unistd::geteuid().is_root() || which::which("unshare").is_err() {
+        machine_cannot(
+            test,
+            "needs root and unshare(1) for a private mount namespace",
+        );
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let path = sandbox.join("pool");
+    let script = "mount --bind /dev/null /dev/fuse && exec \"$@\"";
+    let output = sandbox
+        .command("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(jsrun_bin())
+        .arg(format!("--serve={}", path.display()))
+        .args(["-j2", "--accounting"])
+        .run();
+    if output.stderr.contains("unshare:") || output.stderr.contains("mount:") {
+        machine_cannot(
+            test,
+            &format!("no private mount namespace: {}", output.stderr),
+        );
+        return;
+    }
+    output
+        .code(125)
+        .stderr_contains("--accounting needs FUSE, which cannot be used here: mount refused")
+        .stderr_contains("plain --serve (a fifo, without --accounting) works without it");
+    assert_eq!(output.stderr.lines().count(), 1, "{}", output.report());
+    assert!(!path.exists());
+}
