@@ -676,3 +676,103 @@ fn a_per_process_limit_leaves_make_its_share_beside_a_greedy_client() {
         "the warning names the greedy client and its 2 tokens: {warning:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A pool of one user
+
+/// A pool of one user, without root: jsrun started as an unprivileged user (`nobody`
+/// when the tests run as root) mounts its token file through
+/// `fusermount3` (Debian's fuse3, which scripts/peers.sh installs), and make -j4 of the
+/// same user runs 4 recipes at once on it: its implicit slot and the 3 tokens. SIGTERM
+/// unmounts the token file and removes it.
+#[test]
+fn a_pool_of_one_user_mounts_through_fusermount3() {
+    let test = "accounting_peers::a_pool_of_one_user_mounts_through_fusermount3";
+    if which::which("fusermount3").is_err() {
+        machine_cannot(
+            test,
+            "no fusermount3 (Debian: fuse3; scripts/peers.sh installs it)",
+        );
+        return;
+    }
+    let user = if is_root() {
+        let mode = fs::metadata("/dev/fuse").map_or(0, |meta| {
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions())
+        });
+        if mode & 0o006 != 0o006 {
+            machine_cannot(
+                test,
+                &format!(
+                    "/dev/fuse is mode {:o} here: only root may open it",
+                    mode & 0o777
+                ),
+            );
+            return;
+        }
+        // fusermount3 wants the user's name: an account, not a bare uid.
+        let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+            machine_cannot(test, "no account 'nobody' to run an unprivileged jsrun as");
+            return;
+        };
+        Some((nobody.uid.as_raw(), nobody.gid.as_raw()))
+    } else if let Some(why) = fuse_unavailable() {
+        machine_cannot(test, &why);
+        return;
+    } else {
+        None
+    };
+    let sandbox = Sandbox::new();
+    let as_user = |cmd: crate::util::Cmd| match user {
+        Some((uid, gid)) => cmd.user(uid, gid),
+        None => cmd,
+    };
+    // The user reaches the sandbox, writes the probes' log and barrier, owns the
+    // directory of the token file.
+    let open_to_all = |path: &Path, mode: u32| {
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap_or_else(|err| panic!("chmod {}: {err}", path.display()));
+    };
+    open_to_all(sandbox.path(), 0o755);
+    fs::create_dir(sandbox.join("barrier")).expect("mkdir barrier");
+    open_to_all(&sandbox.join("barrier"), 0o777);
+    sandbox.write("log", "");
+    open_to_all(&sandbox.join("log"), 0o666);
+    let dir = sandbox.join("user");
+    fs::create_dir(&dir).expect("mkdir user");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the user's directory");
+    }
+    let path = dir.join("pool");
+    let mut daemon = as_user(
+        sandbox
+            .jsrun()
+            .arg("-v")
+            .arg(format!("--serve={}", path.display()))
+            .args(["-j3", "--accounting"]),
+    )
+    .spawn();
+    daemon.wait_until("the token file mounted through fusermount3", || {
+        is_fuse_mount(&path)
+    });
+    let pool = Pool {
+        daemon: Some(daemon),
+        path: path.clone(),
+    };
+    sandbox.probe_makefile(&values(8), 4, 100);
+    let make = as_user(
+        sandbox
+            .command(make44())
+            .env("MAKEFLAGS", makeflags(&path, 4)),
+    )
+    .run();
+    make.success().stderr_lacks("warning");
+    let log = sandbox.log();
+    assert_eq!(log.finished().len(), 8, "{}", log.dump());
+    assert_eq!(
+        log.peak(),
+        4,
+        "make's implicit slot and the 3 tokens\n{}",
+        log.dump()
+    );
+    stop(pool, &path).stderr_lacks("warning");
+}
