@@ -272,7 +272,7 @@ fn two_emerges_share_an_accounting_pool() {
 fn a_killed_make_gives_its_tokens_back_while_emerge_holds_the_pool() {
     let _serial = emerge::serial();
     let sandbox = Sandbox::new();
-    let Some((mut pool, path)) = accounting_pool(&sandbox, 4, &[]) else {
+    let Some((pool, path)) = accounting_pool(&sandbox, 4, &[]) else {
         return;
     };
     sandbox.probe_makefile(&values(4), 1, 600_000);
@@ -302,7 +302,7 @@ fn a_killed_make_gives_its_tokens_back_while_emerge_holds_the_pool() {
 
     make.signal(libc::SIGKILL);
     let stderr = pool.stderr_path();
-    pool.wait_until("the warning naming the killed make", || {
+    wait_until("the warning naming the killed make", || {
         fs::read_to_string(&stderr).is_ok_and(|text| {
             text.lines()
                 .any(|line| line.contains("warning") && line.contains(&make_pid.to_string()))
@@ -634,7 +634,7 @@ fn served_in_order(make_first: bool) -> bool {
 #[test]
 fn a_per_process_limit_leaves_make_its_share_beside_a_greedy_client() {
     let sandbox = Sandbox::new();
-    let Some((mut pool, path)) = accounting_pool(&sandbox, 4, &["--per-process-limit=2"]) else {
+    let Some((pool, path)) = accounting_pool(&sandbox, 4, &["--per-process-limit=2"]) else {
         return;
     };
     let greedy = greedy(&sandbox, &path, "greedy", 4, None, 2);
@@ -658,7 +658,7 @@ fn a_per_process_limit_leaves_make_its_share_beside_a_greedy_client() {
     greedy.signal(libc::SIGKILL);
     drop(greedy.wait());
     let stderr = pool.stderr_path();
-    pool.wait_until("the warning naming the greedy client", || {
+    wait_until("the warning naming the greedy client", || {
         fs::read_to_string(&stderr).is_ok_and(|text| {
             text.lines()
                 .any(|line| line.contains("warning") && line.contains(&greedy_pid))
