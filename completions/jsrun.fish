@@ -13,12 +13,14 @@ job\t'A job\'s output in one piece when it ends'"
 complete -c jsrun -l joblog -d 'Write one tab-separated row per finished job to FILE' -r -F
 complete -c jsrun -l trace -d 'Write a Chrome trace (JSON for Perfetto or chrome://tracing) to FILE: a row per slot with a span per job, and the waits for tokens' -r -F
 complete -c jsrun -l serve -d 'Serve a system jobserver at PATH (a fifo, created or replaced) with N tokens (-jN; default one per CPU) until SIGINT or SIGTERM, governed by -l, --min-memory-avail and --max-memory-pressure, resized by SIGUSR1/SIGUSR2, giving back the tokens of holders that are gone. No command. For make.conf (MAKEFLAGS="-jN --jobserver-auth=fifo:PATH") and hosts running several builds' -r -F
+complete -c jsrun -l per-process-limit -d 'With --accounting: no process holds more than K tokens at once' -r
 complete -c jsrun -s k -l keep-going -d 'After a failure, keep starting the remaining jobs (default: start no new job, let running ones finish)'
 complete -c jsrun -l tag -d 'Prefix each output line with the job\'s value (implies -Oline unless -O is given)'
 complete -c jsrun -s v -l verbose -d 'Print each command to stderr as it starts'
 complete -c jsrun -s n -l dry-run -d 'Print the commands, run nothing (also when MAKEFLAGS says make -n)'
 complete -c jsrun -l stats -d 'Print a summary on stderr at exit: jobs, failures, peak concurrency, tokens, time spent waiting for tokens, slot utilisation'
 complete -c jsrun -l progress -d 'Show a progress line on stderr while jobs run (only when stderr is a terminal)'
+complete -c jsrun -l accounting -d 'With --serve: serve PATH as a token file through FUSE instead of a fifo, and account for every token: who holds how many (--info), the tokens of a process that ends come back at once, a byte from a process holding none is refused, and waiting readers are served first come first served. Clients name it fifo:PATH as before'
 complete -c jsrun -l info -d 'Print the jobserver jsrun would use, and exit'
 complete -c jsrun -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c jsrun -s V -l version -d 'Print version'

@@ -849,6 +849,11 @@ mod tests {
                 &["--stat", "x"],
                 "unknown option '--stat'; use --stats (see jsrun --help)",
             ),
+            (
+                &["--per-process-limit=0"],
+                "invalid --per-process-limit '0': not a number of tokens of 1 or more; use \
+                 --per-process-limit=K (e.g. --per-process-limit=4)",
+            ),
         ];
         for (words, want) in cases {
             let mut cmd = Cli::command();
@@ -859,6 +864,30 @@ mod tests {
                 .expect_err("a usage error");
             assert_eq!(usage_error(&cmd, &err), *want, "{words:?}");
         }
+    }
+
+    #[test]
+    fn accounting_belongs_to_a_served_pool() {
+        let config = |words: &[&str]| Config::try_from(Cli::parse_from(words));
+        let served = config(&[
+            "jsrun",
+            "--serve=/p",
+            "--accounting",
+            "--per-process-limit=3",
+        ]);
+        let served = served.unwrap();
+        assert!(served.accounting);
+        assert_eq!(served.per_process_limit, Some(3));
+        let alone = config(&["jsrun", "--accounting", "x"]).unwrap_err();
+        assert!(
+            alone.contains("use jsrun --serve=PATH -jN --accounting"),
+            "{alone}"
+        );
+        let limit = config(&["jsrun", "--serve=/p", "--per-process-limit=3"]).unwrap_err();
+        assert!(
+            limit.contains("--per-process-limit needs an accounting pool"),
+            "{limit}"
+        );
     }
 
     #[test]
@@ -999,7 +1028,10 @@ signal; a signal inherited as ignored stays ignored.
 With
 .BR \-\-serve :
 0 after SIGINT or SIGTERM with the pool whole, 1 (and a warning) when tokens were missing
-at the end, 125 for a PATH it refuses.
+at the end, 125 for a PATH it refuses, and with
+.B \-\-accounting
+where FUSE cannot be used (no /dev/fuse, the mount refused, no fusermount3 for a user
+without root).
 .SH ENVIRONMENT
 .TP
 .B MAKEFLAGS

@@ -33,13 +33,27 @@ fn fuse_here(test: &str) -> bool {
 }
 
 /// Starts `jsrun -v --serve=SANDBOX/pool -jN --accounting ARGS` and waits until it
-/// serves.
-fn serve(sandbox: &Sandbox, n: usize, args: &[&str]) -> (Running, PathBuf) {
+/// serves. The guard detaches the mount if a failing test leaves it behind (the harness
+/// kills the daemon with SIGKILL, which no daemon can clean up after).
+fn serve(sandbox: &Sandbox, n: usize, args: &[&str]) -> (Running, PathBuf, Detach) {
     let args: Vec<&str> = ["--accounting"]
         .into_iter()
         .chain(args.iter().copied())
         .collect();
-    crate::serve::serve(sandbox, n, &args)
+    let (running, path) = crate::serve::serve(sandbox, n, &args);
+    let guard = Detach(path.clone());
+    (running, path, guard)
+}
+
+/// Detaches a token file's mount when dropped, if it is still there.
+struct Detach(PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if mounted(&self.0) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
 
 /// What the pool says of itself (the extended attribute `--info` reads).
@@ -132,13 +146,23 @@ fn give_back(sandbox: &Sandbox, running: &mut Running, name: &str) {
     running.wait_until("the holder to give its tokens back", || gave.exists());
 }
 
-/// Waits until process `pid` has ended (a zombie or gone), not stuck in the kernel.
-fn ended(what: &str, pid: i32) {
-    crate::util::wait_until(what, || {
+/// Waits until the SIGKILLed process `pid` has ended (a zombie or gone). One that hangs
+/// in the kernel (D state, its FUSE request never answered) is freed by killing the
+/// daemon first, so the test fails instead of hanging.
+fn ended(daemon: &Running, pid: i32) {
+    let gone = || {
         fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
             s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'))
         })
-    });
+    };
+    let until = Instant::now() + crate::util::DEADLINE;
+    while !gone() {
+        if Instant::now() > until {
+            daemon.signal(libc::SIGKILL);
+            panic!("the SIGKILLed reader {pid} hangs in the kernel (D state)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn makeflags(n: usize, path: &Path) -> String {
@@ -154,7 +178,7 @@ fn make_runs_on_the_token_file_and_sigterm_ends_it_cleanly() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path) = serve(&sandbox, 3, &[]);
+    let (running, path, _mount) = serve(&sandbox, 3, &[]);
     assert!(fs::metadata(&path).unwrap().is_file());
     sandbox.probe_makefile(&values(8), 4, 100);
     let make = sandbox
@@ -184,7 +208,7 @@ fn the_jobserver_crate_and_a_fifo_only_client_use_the_token_file() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path) = serve(&sandbox, 2, &[]);
+    let (running, path, _mount) = serve(&sandbox, 2, &[]);
     let client = sandbox.crate_client(&makeflags(2, &path), 3, 3).run();
     client.success();
     let log = sandbox.log();
@@ -221,7 +245,7 @@ fn jsrun_is_a_client_of_the_token_file() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path) = serve(&sandbox, 2, &[]);
+    let (running, path, _mount) = serve(&sandbox, 2, &[]);
     for (env, given, want) in [(true, false, 3), (false, true, 2)] {
         let run = Sandbox::new();
         let probe = run
@@ -256,7 +280,7 @@ fn a_killed_holders_tokens_come_back_while_another_holder_lives() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (mut running, path) = serve(&sandbox, 4, &[]);
+    let (mut running, path, _mount) = serve(&sandbox, 4, &[]);
     let keeper = holder(&sandbox, &path, 1, "keeper");
     let taker = holder(&sandbox, &path, 2, "taker");
     let before = account(&path);
@@ -295,13 +319,13 @@ fn a_killed_waiting_reader_neither_hangs_nor_takes_a_token() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (mut running, path) = serve(&sandbox, 1, &[]);
+    let (mut running, path, _mount) = serve(&sandbox, 1, &[]);
     let mut keeper = holder(&sandbox, &path, 1, "keeper");
     let waiter = taker(&sandbox, &path, 1, "waiter");
     running.wait_until("the reader in line", || account(&path).waiting == 1);
     let pid = waiter.pid();
     waiter.signal(libc::SIGKILL);
-    ended("the killed reader to end", pid);
+    ended(&running, pid);
     drop(waiter.wait());
     assert!(!sandbox.join("took-waiter").exists());
     assert_eq!(account(&path).waiting, 0);
@@ -320,7 +344,7 @@ fn a_write_from_a_process_holding_none_never_grows_the_pool() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path) = serve(&sandbox, 2, &[]);
+    let (running, path, _mount) = serve(&sandbox, 2, &[]);
     let write = sandbox
         .command("bash")
         .args(["-c", "exec 3<>\"$1\"; printf +++ >&3", "bash"])
@@ -354,7 +378,7 @@ fn the_per_process_limit_caps_one_process() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path) = serve(&sandbox, 4, &["--per-process-limit=2"]);
+    let (running, path, _mount) = serve(&sandbox, 4, &["--per-process-limit=2"]);
     let probe = sandbox
         .probe()
         .id("{}")
@@ -387,7 +411,7 @@ fn waiting_readers_and_pollers_are_served_first_come_first_served() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (mut running, path) = serve(&sandbox, 1, &[]);
+    let (mut running, path, _mount) = serve(&sandbox, 1, &[]);
     let mut keeper = holder(&sandbox, &path, 1, "keeper");
     let order = sandbox.join("order");
     // Each takes the token, notes its name, and gives it back when it ends.
@@ -437,7 +461,7 @@ fn info_lists_each_holder_with_its_tokens() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path) = serve(&sandbox, 3, &[]);
+    let (running, path, _mount) = serve(&sandbox, 3, &[]);
     let two = holder(&sandbox, &path, 2, "two");
     let info = sandbox
         .jsrun()
@@ -476,7 +500,7 @@ fn sigterm_with_holders_and_waiters_unmounts_and_exits_1() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (mut running, path) = serve(&sandbox, 1, &[]);
+    let (mut running, path, _mount) = serve(&sandbox, 1, &[]);
     let keeper = holder(&sandbox, &path, 1, "keeper");
     let waiter = taker(&sandbox, &path, 1, "waiter");
     running.wait_until("the reader in line", || account(&path).waiting == 1);
@@ -500,7 +524,7 @@ fn a_stale_token_file_is_replaced_and_a_live_one_refused() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (running, path) = serve(&sandbox, 2, &[]);
+    let (running, path, _mount) = serve(&sandbox, 2, &[]);
     let second = sandbox
         .jsrun()
         .arg(format!("--serve={}", path.display()))
@@ -510,7 +534,7 @@ fn a_stale_token_file_is_replaced_and_a_live_one_refused() {
     running.signal(libc::SIGKILL);
     drop(running.wait());
     assert!(mounted(&path), "a SIGKILL leaves the mount");
-    let (running, path) = serve(&sandbox, 2, &[]);
+    let (running, path, _mount) = serve(&sandbox, 2, &[]);
     assert!(stderr_of(&running).contains("replacing"));
     assert_eq!(account(&path).free, 2);
     running.signal(libc::SIGTERM);
@@ -554,4 +578,54 @@ fn fuse_unavailable_is_125_with_the_reason() {
         .stderr_contains("plain --serve (a fifo, without --accounting) works without it");
     assert_eq!(output.stderr.lines().count(), 1, "{}", output.report());
     assert!(!path.exists());
+}
+
+/// The governor works on the accounting pool as on the fifo: a load limit exceeded from
+/// the start holds every token back (a blocked reader waits, however long), the tokens
+/// go back when the load falls and the reader is served; SIGUSR1 and SIGUSR2 resize; the
+/// --stats pool line comes at the end.
+#[test]
+fn limits_resizing_and_stats_govern_the_token_file() {
+    if !fuse_here("accounting::limits_resizing_and_stats_govern_the_token_file") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let proc_dir = sandbox.join("proc");
+    fs::create_dir(&proc_dir).unwrap();
+    let set_load = |load: &str| {
+        let tmp = proc_dir.join("loadavg.tmp");
+        fs::write(&tmp, format!("{load} {load} {load} 1/1 1\n")).unwrap();
+        fs::rename(&tmp, proc_dir.join("loadavg")).unwrap();
+    };
+    set_load("9.00");
+    let path = sandbox.join("pool");
+    let mut running = sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", &proc_dir)
+        .args(["-v", "-l", "4", "-j3", "--accounting", "--stats"])
+        .arg(format!("--serve={}", path.display()))
+        .spawn();
+    let _mount = Detach(path.clone());
+    let stderr = running.stderr_path();
+    running.wait_until("the hold", || {
+        fs::read_to_string(&stderr).is_ok_and(|e| e.contains("holding back"))
+    });
+    running.wait_until("every token held back", || account(&path).free == 0);
+    let mut reader = taker(&sandbox, &path, 1, "reader");
+    running.wait_until("the reader in line", || account(&path).waiting == 1);
+    set_load("0.50");
+    running.wait_until("the reader served", || sandbox.join("took-reader").exists());
+    running.wait_until("the tokens back", || account(&path).free == 2);
+    give_back(&sandbox, &mut reader, "reader");
+    running.signal(libc::SIGUSR1);
+    running.wait_until("4 slots", || account(&path).free == 4);
+    running.signal(libc::SIGUSR2);
+    running.wait_until("3 slots", || account(&path).free == 3);
+    running.signal(libc::SIGTERM);
+    let output = running.wait();
+    output
+        .success()
+        .stderr_contains("jsrun: pool: 3 slots, peak 1 in use")
+        .stderr_lacks("warning");
+    assert!(!mounted(&path) && !path.exists());
 }
