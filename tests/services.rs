@@ -1,9 +1,9 @@
-//! The service files of `service/` for `jsrun --serve` (systemd unit, OpenRC
+//! The service files of `service/` for `jsrun --serve` (systemd units, OpenRC
 //! script, their settings) pass `scripts/check-services`, and that script
 //! fails on copies broken the ways a unit or an init script breaks: a value
 //! systemd cannot parse, a misspelt setting it only warns about, a reload
 //! mapped to a resize, a shell syntax error, a command line that lost an
-//! option.
+//! option, an accounting unit whose mount would stay in a namespace of its own.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -100,10 +100,15 @@ fn the_service_files_pass_their_checks() {
         "ok: systemd-analyze verify jsrun.service",
         "ok: systemd-analyze security jsrun.service",
         "ok: jsrun.service settings",
+        "ok: systemd-analyze verify jsrun-accounting.service",
+        "ok: systemd-analyze security jsrun-accounting.service",
+        "ok: jsrun-accounting.service settings",
+        "ok: jsrun-accounting.service accounting",
         "ok: sh -n openrc/jsrun",
         "ok: bash -n openrc/jsrun",
         "ok: openrc/jsrun with the shipped conf.d",
         "ok: openrc/jsrun with JSRUN_JOBS that is no number",
+        "ok: openrc/jsrun with JSRUN_ACCOUNTING=yes",
         "ok: README.md and gentoo/sandbox.conf",
         " 0 failed",
     ] {
@@ -194,6 +199,34 @@ fn a_unit_without_its_hardening_fails() {
         &output,
         "systemd-analyze security",
         "Overall exposure level",
+    );
+}
+
+/// The accounting unit hardened the way the fifo unit is: ProtectSystem= gives it
+/// a mount namespace of its own, where the token file would be mounted for
+/// jsrun alone. systemd finds nothing wrong with that; the check does.
+#[test]
+fn an_accounting_unit_in_a_mount_namespace_of_its_own_fails() {
+    let sandbox = Sandbox::new();
+    let dir = copy_of_service(&sandbox);
+    edit(
+        &dir.join("systemd/jsrun-accounting.service"),
+        "\nPrivateMounts=no\n",
+        "\nPrivateMounts=no\nProtectSystem=strict\n",
+    );
+    let output = check(&sandbox, &dir);
+    assert_unit_was_verified(&output);
+    assert!(
+        output
+            .stdout
+            .contains("ok: systemd-analyze verify jsrun-accounting.service"),
+        "the unit is still valid to systemd\n{}",
+        output.report()
+    );
+    assert_fails(
+        &output,
+        "jsrun-accounting.service accounting",
+        "ProtectSystem= gives the unit a mount namespace of its own",
     );
 }
 

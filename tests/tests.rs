@@ -7,6 +7,7 @@
 mod util;
 
 mod accounting;
+mod accounting_peers;
 mod bridge;
 mod client;
 mod crate_peer;
