@@ -311,6 +311,7 @@ fn start_governed(
         .jsrun()
         .env("JSRUN_PROC_DIR", proc)
         .arg(format!("-j{SLOTS}"))
+        .arg("-v")
         .args(limit.options())
         .arg("--")
         .arg(command)
@@ -534,28 +535,44 @@ fn epoch_nanos() -> u128 {
 /// slot is busy ("within a few seconds").
 const CONVERGE: Duration = Duration::from_secs(3);
 
-/// `jsrun -j4 -l 2 -- PEER` with 60 independent recipes of 50 ms and the load below the
-/// limit: they run four at a time. After 8 have ended the test puts the load over the
-/// limit. The governor races the peer for every token that comes back and must win
-/// them all within [`CONVERGE`]: from then on the recipes run one at a time (the test
-/// waits for 6 in a row), then it meets the limit again and the build ends with every
-/// token back.
+/// `jsrun -j4 -l 2 -- PEER` with 60 independent recipes of 50 ms, each of which first
+/// waits at a gate, and the load below the limit: four reach the gate at once (every
+/// slot busy). The test puts the load over the limit, waits until jsrun says it holds
+/// back, and opens the gate. The governor races the peer for every token that comes
+/// back and must win them all within [`CONVERGE`]: from then on the recipes run one at a
+/// time (the test waits for 6 in a row), then it meets the limit again and the build
+/// ends with every token back. The gate keeps the build from ending before jsrun has
+/// looked at the limit, however slowly a loaded machine runs it.
 fn falls_to_one_job_when_a_limit_is_exceeded_mid_run(peer: Peer) {
     let sandbox = Sandbox::new();
     let limit = Limit::Load;
     let proc = limit.proc_dir(&sandbox);
     limit.set(&proc, false);
+    let gate = sandbox.join("gate");
+    // More than all 60 recipes can put there: only the test opens it.
+    let opened = 100;
     let ids: Vec<String> = (1..=60).map(|n| format!("j{n}")).collect();
     let rules: Vec<Rule> = ids
         .iter()
-        .map(|id| rule(id, &[], &sandbox.probe().id(id).sleep_ms(50)))
+        .map(|id| {
+            let probe = sandbox.probe().id(id);
+            rule(
+                id,
+                &[],
+                &probe.barrier_deadline(&gate, opened, 30_000).sleep_ms(50),
+            )
+        })
         .collect();
     let goals: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut running = start_governed(&sandbox, peer, &goals, &rules, &proc, &limit);
     let log = sandbox.log();
-    running.wait_until("8 recipes to end", || log.finished().len() >= 8);
+    running.wait_until("every slot busy at the gate", || entries(&gate) == SLOTS);
     let exceeded = epoch_nanos();
     limit.set(&proc, true);
+    stderr_has(&mut running, "jsrun: holding back");
+    for marker in 0..opened {
+        fs::write(gate.join(format!("open{marker}")), "").expect("open the gate");
+    }
     running.wait_until("6 recipes in a row one at a time", || {
         one_at_a_time_since(&log.events(), exceeded).1 >= 6
     });
