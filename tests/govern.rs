@@ -1409,21 +1409,30 @@ fn a_byte_nobody_read_is_reported_while_jsrun_runs() {
         .and_then(|(secs, _)| secs.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("unexpected warning {:?}", warnings[0]));
     let log = sandbox.log();
-    let end_of_before = log
-        .events()
-        .iter()
-        .find(|e| !e.start && e.id == "before")
-        .map_or_else(
-            || panic!("no end of before\n{}", log.dump()),
-            |e| monotonic(e, offset),
-        );
-    // T counts from jsrun's start, a little after t0: up to 0.1 s of start-up, and the
-    // 0.05 s of rounding to one decimal.
-    let earliest = (end_of_before - t0 as i128) as f64 / 1e6 - 0.15;
+    let moment = |start: bool| {
+        log.events()
+            .iter()
+            .find(|e| e.start == start && e.id == "before")
+            .map_or_else(
+                || {
+                    panic!(
+                        "no {} of before\n{}",
+                        if start { "start" } else { "end" },
+                        log.dump()
+                    )
+                },
+                |e| monotonic(e, offset),
+            )
+    };
+    // T counts from jsrun's start, which came before `before` started (however long a
+    // loaded machine took to start jsrun and make) and after t0; 0.05 s of rounding to
+    // one decimal either way.
+    let earliest = (moment(false) - moment(true)) as f64 / 1e6 - 0.05;
     let latest = (seen - t0) as f64 / 1e6 + 0.05;
     assert!(
         (earliest..=latest).contains(&at),
-        "at {at}s, but the byte was written after {earliest:.3}s and seen by {latest:.3}s"
+        "at {at}s, but the byte was written {earliest:.3}s after jsrun's start at the \
+         earliest and seen by {latest:.3}s"
     );
     output.stderr_contains("jobserver tokens: 1 extra at exit");
 }
