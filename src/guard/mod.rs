@@ -94,13 +94,7 @@ impl Guard {
         if thresholds.min_available.is_none() && thresholds.max_pressure.is_none() {
             return None;
         }
-        let notices = notify::Notices::new(
-            sources,
-            notify::Wanted {
-                min_available: thresholds.min_available,
-                max_pressure: thresholds.max_pressure,
-            },
-        );
+        let notices = notify::Notices::new(sources, thresholds);
         policy.notified(notices.any());
         let mut guard = Guard {
             policy,

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::policy::Thresholds as Wanted;
+
 /// The PSI trigger's threshold with `--min-memory-avail` alone: stalls for this share of
 /// the window (percent).
 pub const EARLY: f64 = 5.0;
@@ -48,13 +50,6 @@ pub struct Sources {
     /// PSI files to set a trigger on, the first that takes one: `/proc/pressure/memory`,
     /// then the own cgroup's `memory.pressure`.
     pub pressure: Vec<PathBuf>,
-}
-
-/// What to watch for: the limits set.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Wanted {
-    pub min_available: Option<u64>,
-    pub max_pressure: Option<f64>,
 }
 
 #[derive(Default)]
