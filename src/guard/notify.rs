@@ -377,10 +377,10 @@ mod tests {
         }
     }
 
-    /// The PSI trigger against the kernel's own file: set (1 s window as root, 2 s where
-    /// only that is allowed) and pollable for POLLPRI; an invalid trigger refused. Stalls on
-    /// memory are not provoked here: the machine has no swap, and what makes them (direct
-    /// reclaim) cannot be produced on demand without risking the machine.
+    /// The PSI trigger against the kernel's own file: set (1 s window with
+    /// CAP_SYS_RESOURCE, 2 s where only that is allowed) and pollable for POLLPRI; an
+    /// invalid trigger refused. (A stall that fires it:
+    /// `a_memory_stall_fires_the_pressure_trigger`.)
     #[test]
     fn a_pressure_trigger_on_the_real_file() {
         // The system's file, else the v2 root cgroup's (a hybrid layout's or a v2 one's).
@@ -529,5 +529,60 @@ mod tests {
         assert!(marks.clear(Instant::now()));
         drop(marks);
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// A real stall fires the trigger: a child in a cgroup v1 memory cgroup of 32 MiB writes
+    /// 256 MiB to a file on disk (not tmpfs) and reads it back, so the kernel reclaims the
+    /// cgroup's page cache while dirty pages are written back; tasks stall on memory (5% of
+    /// the window is asked for), the descriptor polls POLLPRI and [`Notices::clear`] asks
+    /// for a look. Where no such cgroup can be made or no trigger set, says so and checks
+    /// nothing.
+    #[test]
+    fn a_memory_stall_fires_the_pressure_trigger() {
+        let files = [
+            "/proc/pressure/memory",
+            "/sys/fs/cgroup/unified/memory.pressure",
+            "/sys/fs/cgroup/memory.pressure",
+        ];
+        let sources = Sources {
+            pressure: files.iter().map(PathBuf::from).collect(),
+            ..Sources::default()
+        };
+        let mut notices = Notices::new(&sources, memory(1 << 20));
+        if notices.trigger.is_none() {
+            eprintln!("NOT RUN: no trigger allowed here: {:?}", notices.said);
+            return;
+        }
+        let parent = Path::new("/sys/fs/cgroup/memory");
+        let dir = parent.join(format!("jsrun-stall-{}", std::process::id()));
+        if std::fs::create_dir(&dir).is_err() {
+            eprintln!("NOT RUN: cannot make a cgroup in {}", parent.display());
+            return;
+        }
+        std::fs::write(dir.join("memory.limit_in_bytes"), (32u64 << 20).to_string()).unwrap();
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        let disk = tempfile::tempdir_in(&target).unwrap();
+        let file = disk.path().join("stall");
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && dd if=/dev/zero of={f} bs=1M count=256 \
+             conv=fsync 2>/dev/null && cat {f} {f} > /dev/null",
+            dir.display(),
+            f = file.display()
+        );
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        let (fd, flags) = notices.fds(Instant::now()).next().unwrap();
+        let mut set = [PollFd::new(fd, flags)];
+        let ready = nix::poll::poll(&mut set, 20_000u16).unwrap();
+        let revents = set[0].revents();
+        let status = child.wait().unwrap();
+        let _ = std::fs::remove_dir(&dir);
+        assert!(status.success(), "{status}");
+        assert_eq!(ready, 1, "no stall said within 20 s: {:?}", notices.said);
+        assert_eq!(revents, Some(PollFlags::POLLPRI));
+        assert!(notices.clear(Instant::now()));
+        assert!(notices.trigger.is_some(), "dropped: {:?}", notices.said);
     }
 }
