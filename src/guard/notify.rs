@@ -304,6 +304,20 @@ mod tests {
         }
     }
 
+    /// The system's PSI file, else the v2 root cgroup's (a hybrid layout's or a v2 one's).
+    fn psi_files() -> ([&'static str; 3], Sources) {
+        let files = [
+            "/proc/pressure/memory",
+            "/sys/fs/cgroup/unified/memory.pressure",
+            "/sys/fs/cgroup/memory.pressure",
+        ];
+        let sources = Sources {
+            pressure: files.iter().map(PathBuf::from).collect(),
+            ..Sources::default()
+        };
+        (files, sources)
+    }
+
     #[test]
     fn memory_events_counters_parse() {
         let text = b"low 1\nhigh 12\nmax 3\noom 2\noom_kill 1\noom_group_kill 0\n";
@@ -383,16 +397,7 @@ mod tests {
     /// `a_memory_stall_fires_the_pressure_trigger`.)
     #[test]
     fn a_pressure_trigger_on_the_real_file() {
-        // The system's file, else the v2 root cgroup's (a hybrid layout's or a v2 one's).
-        let files = [
-            "/proc/pressure/memory",
-            "/sys/fs/cgroup/unified/memory.pressure",
-            "/sys/fs/cgroup/memory.pressure",
-        ];
-        let sources = Sources {
-            pressure: files.iter().map(PathBuf::from).collect(),
-            ..Sources::default()
-        };
+        let (files, sources) = psi_files();
         let wanted = Wanted {
             min_available: None,
             max_pressure: Some(50.0),
@@ -539,15 +544,7 @@ mod tests {
     /// nothing.
     #[test]
     fn a_memory_stall_fires_the_pressure_trigger() {
-        let files = [
-            "/proc/pressure/memory",
-            "/sys/fs/cgroup/unified/memory.pressure",
-            "/sys/fs/cgroup/memory.pressure",
-        ];
-        let sources = Sources {
-            pressure: files.iter().map(PathBuf::from).collect(),
-            ..Sources::default()
-        };
+        let (_, sources) = psi_files();
         let mut notices = Notices::new(&sources, memory(1 << 20));
         if notices.trigger.is_none() {
             eprintln!("NOT RUN: no trigger allowed here: {:?}", notices.said);
