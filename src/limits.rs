@@ -451,7 +451,7 @@ impl Probe {
 
     /// The cgroup v1 memory cgroups with a limit, and the limit (bytes), read now: where
     /// the kernel can say when usage crosses a mark (`cgroup.event_control`).
-    pub fn v1_limits(&self) -> Vec<(PathBuf, u64)> {
+    fn v1_limits(&self) -> Vec<(PathBuf, u64)> {
         self.levels
             .iter()
             .filter(|(limit, _)| {
@@ -463,6 +463,42 @@ impl Probe {
                 Some((limit.path.parent()?.to_owned(), bytes))
             })
             .collect()
+    }
+
+    /// Where the kernel may be asked to tell when memory gets short: the cgroup v1 limits
+    /// (usage marks), the cgroup v2 directories with `memory.max` or `memory.high`
+    /// (`memory.events`), and the PSI files for a trigger (`/proc/pressure/memory`, then the
+    /// own v2 cgroup's `memory.pressure`). None with `JSRUN_PROC_DIR`: its files are no
+    /// kernel's.
+    pub fn notice_sources(&self) -> crate::guard::notify::Sources {
+        if !self.keep_open {
+            return crate::guard::notify::Sources::default();
+        }
+        let v2_limited = self
+            .levels
+            .iter()
+            .filter_map(|(limit, _)| {
+                let dir = limit.path.parent()?;
+                let limited = |name: &str| {
+                    std::fs::read(dir.join(name))
+                        .ok()
+                        .and_then(|t| parse_cgroup_limit(&t))
+                        .flatten()
+                        .is_some()
+                };
+                (limit.path.file_name() == Some(OsStr::new("memory.max"))
+                    && (limited("memory.max") || limited("memory.high")))
+                .then(|| dir.to_owned())
+            })
+            .collect();
+        let pressure = std::iter::once(self.pressure.path.clone())
+            .chain(self.cgroup_pressure.as_ref().map(|s| s.path.clone()))
+            .collect();
+        crate::guard::notify::Sources {
+            v1_limits: self.v1_limits(),
+            v2_limited,
+            pressure,
+        }
     }
 
     /// Keeps each file open once read, and reads it again at offset 0: for the kernel's

@@ -4,6 +4,8 @@
 //! governor saw into trace counters and warnings.
 
 use std::os::fd::BorrowedFd;
+
+use nix::poll::PollFlags;
 use std::time::{Duration, Instant};
 
 use crate::account::Accountant;
@@ -79,13 +81,16 @@ impl<'p> Steer<'p> {
                 let file = nix::sys::stat::fstat(client.fd()).ok();
                 let counters = probe.as_ref().map(Probe::oom_counters);
                 let counters = counters.unwrap_or_default();
-                let v1 = probe.as_ref().map(Probe::v1_limits).unwrap_or_default();
+                let sources = probe
+                    .as_ref()
+                    .map(Probe::notice_sources)
+                    .unwrap_or_default();
                 let pool = match (pausing.below_clients, file) {
                     (false, _) => Some(None),
                     (true, Some(stat)) => Some(Some((stat.st_dev, stat.st_ino))),
                     (true, None) => None,
                 };
-                pool.and_then(|pool| Guard::new(&limits, pool, counters, &v1, verbose))
+                pool.and_then(|pool| Guard::new(&limits, pool, counters, &sources, verbose))
             }
             _ => None,
         };
@@ -177,9 +182,6 @@ impl<'p> Steer<'p> {
         let Some(limiter) = &mut self.limiter else {
             return;
         };
-        if self.guard.as_ref().is_some_and(Guard::crossed) {
-            limiter.next_check = now;
-        }
         if now < limiter.next_check {
             return;
         }
@@ -291,12 +293,38 @@ impl<'p> Steer<'p> {
     pub fn deadline(&self) -> Option<Instant> {
         let check = self.limiter.as_ref().map(|l| l.next_check);
         let release = self.governor.as_ref().and_then(Governor::deadline);
+        let quiet = self
+            .guard
+            .as_ref()
+            .and_then(|g| g.quiet_until(Instant::now()));
         let ready = self.accountant.as_ref().and_then(Accountant::deadline);
-        check.into_iter().chain(release).chain(ready).min()
+        check
+            .into_iter()
+            .chain(release)
+            .chain(quiet)
+            .chain(ready)
+            .min()
+    }
+
+    /// The descriptors by which the kernel says memory gets short, with what to poll them
+    /// for: when one is ready, call [`Steer::notified`].
+    pub fn notice_fds(&self, now: Instant) -> impl Iterator<Item = (BorrowedFd<'_>, PollFlags)> {
+        self.guard.iter().flat_map(move |g| g.notice_fds(now))
+    }
+
+    /// The kernel said memory gets short: look at it at once.
+    pub fn notified(&mut self, now: Instant) {
+        if let Some(guard) = &mut self.guard
+            && guard.notified(now)
+            && let Some(limiter) = &mut self.limiter
+        {
+            limiter.next_check = now;
+        }
     }
 
     /// The descriptors to poll for reading: the governor's watch, the pool while the
-    /// governor takes tokens, the bridge's watch and the outer pipe it waits on.
+    /// governor takes tokens, the bridge's watch and the outer pipe it waits on, and an
+    /// accounting pool's descriptors (/dev/fuse, the holders' pidfds).
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         let governor = self.governor.as_ref();
         let holding = governor
@@ -304,7 +332,6 @@ impl<'p> Steer<'p> {
             .then(|| self.pool.client().map(|c| c.fd()))
             .flatten();
         let bridge = self.pool.bridge();
-        let marks = self.guard.iter().flat_map(Guard::mark_fds);
         [
             governor.and_then(Governor::watch_fd),
             holding,
@@ -313,7 +340,6 @@ impl<'p> Steer<'p> {
         ]
         .into_iter()
         .flatten()
-        .chain(marks)
         .chain(self.accountant.iter().flat_map(Accountant::fds))
     }
 

@@ -722,3 +722,90 @@ fn make_s_first_wave_is_paced() {
         );
     }
 }
+
+/// On the real /proc (no `JSRUN_PROC_DIR`), the guard asks the kernel for a PSI trigger
+/// and says under `-v` what it got: a 1 s window with CAP_SYS_RESOURCE, else a 2 s one, or
+/// the refusal.
+#[test]
+fn the_kernel_s_pressure_trigger_is_set_and_said() {
+    if !Path::new("/proc/pressure/memory").exists() {
+        crate::util::machine_cannot(
+            "the_kernel_s_pressure_trigger_is_set_and_said",
+            "no /proc/pressure/memory (a kernel without PSI)",
+        );
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .jsrun()
+        .args(["-v", "-j2", "--min-memory-avail=1M", "--", "true"])
+        .run();
+    output.success();
+    // Which one depends on the kernel and on CAP_SYS_RESOURCE: either is said.
+    let said = lines_with(&output.stderr, "jsrun: memory guard: ");
+    assert!(
+        said.iter().any(|l| {
+            l.starts_with("jsrun: memory guard: a pressure trigger on ")
+                || l.starts_with("jsrun: memory guard: no pressure trigger (")
+        }),
+        "{}",
+        output.stderr
+    );
+}
+
+/// Where cgroup v2 has a memory controller: jsrun in a cgroup with `memory.high` watches
+/// its `memory.events` (said under `-v`), and a job that goes past `memory.high` (the
+/// kernel counts `high` events, which wake the loop) does not keep it from ending.
+#[test]
+fn memory_events_of_a_real_v2_cgroup_are_watched() {
+    let test = "memory_events_of_a_real_v2_cgroup_are_watched";
+    let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|m| m.join("cgroup.controllers").exists());
+    let Some(mount) = mount else {
+        crate::util::machine_cannot(test, "no cgroup v2 mount");
+        return;
+    };
+    let controllers = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        crate::util::machine_cannot(
+            test,
+            &format!(
+                "no memory controller in cgroup v2 ({}/cgroup.controllers: '{}')",
+                mount.display(),
+                controllers.trim()
+            ),
+        );
+        return;
+    }
+    let _ = fs::write(mount.join("cgroup.subtree_control"), "+memory");
+    let dir = mount.join(format!("jsrun-test-{}", std::process::id()));
+    if let Err(e) = fs::create_dir(&dir)
+        .and_then(|()| fs::write(dir.join("memory.high"), (16u64 << 20).to_string()))
+    {
+        crate::util::machine_cannot(test, &format!("cannot make {}: {e}", dir.display()));
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // The shell moves itself into the cgroup and becomes jsrun; the job touches 48 MiB.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} -v -j2 --min-memory-avail=8M -- sh -c \
+         'v=$(head -c 50331648 /dev/zero | tr \"\\0\" a); echo ${{#v}}'",
+        path_str(&dir),
+        path_str(&crate::util::jsrun_bin())
+    );
+    let output = sandbox.command("sh").args(["-c", &script]).run();
+    let events = fs::read_to_string(dir.join("memory.events")).unwrap_or_default();
+    let _ = fs::remove_dir(&dir);
+    output.success().stderr_contains(&format!(
+        "jsrun: memory guard: watching {}/memory.events",
+        dir.display()
+    ));
+    let high: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("high "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(high > 0, "the job never went past memory.high: {events}");
+}

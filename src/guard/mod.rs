@@ -46,8 +46,8 @@ pub struct Guard {
     off: bool,
     /// The OOM killer's counters and the jobs' oom_score_adj.
     oom: oom::Oom,
-    /// The kernel's word that usage crossed a mark.
-    marks: notify::Marks,
+    /// The kernel's word that memory is getting short.
+    notices: notify::Notices,
     /// The most jobs paused at once, the time with one or more paused, and since when.
     pub most: usize,
     pub time: Duration,
@@ -75,13 +75,13 @@ struct Found {
 impl Guard {
     /// A guard for `limits`, when they include a memory limit. `clients_of`: the pool's
     /// file when jobs are to be found below its clients.
-    /// `oom_counters`: the files that count the OOM killer's kills; `v1_limits`: the cgroup
-    /// v1 memory cgroups with a limit, for marks.
+    /// `oom_counters`: the files that count the OOM killer's kills; `sources`: where the
+    /// kernel may be asked to tell when memory gets short.
     pub fn new(
         limits: &Limits,
         clients_of: Option<(u64, u64)>,
         oom_counters: Vec<std::path::PathBuf>,
-        v1_limits: &[(std::path::PathBuf, u64)],
+        sources: &notify::Sources,
         verbose: bool,
     ) -> Option<Guard> {
         let thresholds = Thresholds {
@@ -91,7 +91,12 @@ impl Guard {
         let mut policy = Policy::new(thresholds);
         // The run's start counts as a start: the first wave is paced from the first job.
         policy.started(Instant::now());
-        (thresholds.min_available.is_some() || thresholds.max_pressure.is_some()).then(|| Guard {
+        if thresholds.min_available.is_none() && thresholds.max_pressure.is_none() {
+            return None;
+        }
+        let notices = notify::Notices::new(sources, thresholds);
+        policy.notified(notices.any());
+        let mut guard = Guard {
             policy,
             limits: thresholds,
             clients_of,
@@ -101,15 +106,23 @@ impl Guard {
             page: tree::page_size(),
             verbose,
             oom: oom::Oom::new(oom_counters),
-            marks: thresholds
-                .min_available
-                .map(|min| notify::Marks::new(v1_limits, min))
-                .unwrap_or_default(),
+            notices,
             off: false,
             most: 0,
             time: Duration::ZERO,
             since: None,
-        })
+        };
+        guard.say_notices();
+        Some(guard)
+    }
+
+    /// Under `-v`, what the kernel was asked and what it refused, once.
+    fn say_notices(&mut self) {
+        for line in self.notices.said.drain(..) {
+            if self.verbose {
+                crate::say!("jsrun: memory guard: {line}");
+            }
+        }
     }
 
     /// One look: the sample, then, when memory is short or near it or a job is paused,
@@ -177,14 +190,25 @@ impl Guard {
         self.policy.started(now);
     }
 
-    /// The descriptors that say memory crossed a mark: poll them for reading.
-    pub fn mark_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
-        self.marks.fds()
+    /// The descriptors by which the kernel says memory gets short, with what to poll them
+    /// for.
+    pub fn notice_fds(
+        &self,
+        now: Instant,
+    ) -> impl Iterator<Item = (std::os::fd::BorrowedFd<'_>, nix::poll::PollFlags)> {
+        self.notices.fds(now)
     }
 
-    /// Whether memory crossed a mark since the last call: look at once.
-    pub fn crossed(&self) -> bool {
-        self.marks.crossed()
+    /// One of [`Guard::notice_fds`] was ready: whether to look at memory at once.
+    pub fn notified(&mut self, now: Instant) -> bool {
+        let look = self.notices.clear(now);
+        self.say_notices();
+        look
+    }
+
+    /// When the notices are to be polled again after a wake.
+    pub fn quiet_until(&self, now: Instant) -> Option<Instant> {
+        self.notices.quiet_until(now)
     }
 
     /// A job of jsrun's own started: the OOM killer is to take it before jsrun.

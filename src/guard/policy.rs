@@ -20,7 +20,11 @@
 //!   [`PACE`], and none while the trend since the last start would use the room within
 //!   [`HORIZON`].
 //! - **Look** every [`LOOK`], faster as memory falls towards the minimum: a quarter of the
-//!   time it would take to reach it at the current rate, down to [`FASTEST_LOOK`].
+//!   time it would take to reach it at the current rate, down to [`FASTEST_LOOK`]. Slower
+//!   while memory is steady and far above the minimum: half the time a [`SUDDEN`] fall would
+//!   take to use the room, up to [`SLOWEST_LOOK`]; with a pressure limit alone, every
+//!   [`SLOWEST_LOOK`] while pressure is below it and the kernel's trigger watches it (the
+//!   `avg10` figure moves every 2 s).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -42,6 +46,11 @@ pub const HORIZON: Duration = Duration::from_secs(2);
 pub const LOOK: Duration = Duration::from_millis(250);
 /// The fastest look, as memory falls towards the minimum.
 pub const FASTEST_LOOK: Duration = Duration::from_millis(20);
+/// The slowest look: memory steady and far above the minimum.
+pub const SLOWEST_LOOK: Duration = Duration::from_secs(1);
+/// The fall of available memory (bytes per second) that a steady look must not miss:
+/// 8 jobs growing at 128 MiB/s.
+pub const SUDDEN: u64 = 1 << 30;
 
 /// What was read at one look.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -107,6 +116,10 @@ pub struct Policy {
     /// The last start: when, and the memory available then.
     last_start: Option<(Instant, Option<u64>)>,
     last: Sample,
+    /// The sample of available memory before the last one.
+    previous: Option<(Instant, u64)>,
+    /// The kernel tells when memory pressure rises (a PSI trigger).
+    notified: bool,
 }
 
 impl Policy {
@@ -122,12 +135,23 @@ impl Policy {
             footprint: None,
             last_start: None,
             last: Sample::default(),
+            previous: None,
+            notified: false,
         }
+    }
+
+    /// The kernel tells when memory pressure rises: with a pressure limit alone, the
+    /// looks may be slower while pressure is below it.
+    pub fn notified(&mut self, notified: bool) {
+        self.notified = notified;
     }
 
     /// Takes a new sample.
     pub fn sample(&mut self, now: Instant, sample: Sample) {
         self.last = sample;
+        if self.last.available.is_some() {
+            self.previous = self.recent.back().copied();
+        }
         if let Some(available) = sample.available {
             self.recent.push_back((now, available));
         }
@@ -184,9 +208,14 @@ impl Policy {
         )
     }
 
-    /// Available memory's fall per second over [`TREND`], when it falls.
+    /// Available memory's fall per second over [`TREND`] (since the sample before the
+    /// last, when looks are further apart), when it falls.
     fn fall_rate(&self) -> Option<f64> {
-        let (&(t0, a0), &(t1, a1)) = (self.recent.front()?, self.recent.back()?);
+        let &(t1, a1) = self.recent.back()?;
+        let (t0, a0) = match self.recent.len() {
+            1 => self.previous?,
+            _ => *self.recent.front()?,
+        };
         let secs = t1.saturating_duration_since(t0).as_secs_f64();
         (a1 < a0 && secs > 0.0).then(|| (a0 - a1) as f64 / secs)
     }
@@ -276,12 +305,25 @@ impl Policy {
         rate <= 0.0 || room as f64 / rate >= HORIZON.as_secs_f64()
     }
 
-    /// When to look again: [`LOOK`], or sooner as memory falls towards the minimum.
+    /// When to look again: [`LOOK`], sooner as memory falls towards the minimum, later
+    /// while it is steady far above it.
     pub fn next_look(&self) -> Duration {
-        let (Some(room), Some(rate)) = (self.room(), self.fall_rate()) else {
-            return LOOK;
+        let Some(room) = self.room() else {
+            let pressure_alone = self.limits.min_available.is_none();
+            return match pressure_alone && self.notified && !self.short() {
+                true => SLOWEST_LOOK,
+                false => LOOK,
+            };
         };
-        Duration::from_secs_f64(room as f64 / rate / 4.0).clamp(FASTEST_LOOK, LOOK)
+        let trend = self
+            .fall_rate()
+            .map_or(f64::INFINITY, |rate| room as f64 / rate / 4.0);
+        if trend < LOOK.as_secs_f64() {
+            return Duration::from_secs_f64(trend).max(FASTEST_LOOK);
+        }
+        let far = room as f64 / SUDDEN as f64 / 2.0;
+        Duration::from_secs_f64(trend.min(far).min(SLOWEST_LOOK.as_secs_f64()))
+            .clamp(LOOK, SLOWEST_LOOK)
     }
 
     /// Whether the guard must see the jobs at this look: memory is short or near it, or a
@@ -547,14 +589,59 @@ mod tests {
         let mut policy = memory(512);
         let t0 = Instant::now();
         policy.sample(t0, mib(4096));
-        assert_eq!(policy.next_look(), LOOK);
-        // 800 MiB/s falling with 1 GiB of room: 1.3 s away, a look every 0.32 s -> LOOK.
+        // Steady, 3.5 GiB above the minimum: a sudden fall takes 3.5 s to use it.
+        assert_eq!(policy.next_look(), SLOWEST_LOOK);
+        // 800 MiB/s falling with 3.3 GiB of room: 4.2 s away, a look every second.
         policy.sample(t0 + Duration::from_millis(250), mib(3896));
-        assert_eq!(policy.next_look(), LOOK);
+        assert_eq!(policy.next_look(), SLOWEST_LOOK);
         policy.sample(t0 + Duration::from_millis(500), mib(3696));
+        let look = policy.next_look();
+        assert!(look > LOOK && look < SLOWEST_LOOK, "{look:?}");
         policy.sample(t0 + Duration::from_millis(600), mib(700));
         let look = policy.next_look();
         assert!(look < LOOK && look >= FASTEST_LOOK, "{look:?}");
         assert!(policy.watching(false));
+    }
+
+    #[test]
+    fn looks_are_slower_far_from_the_minimum_and_not_while_steady_near_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 100 MiB above the minimum and steady (held back): the usual look, no faster.
+        let mut policy = memory(512);
+        policy.sample(t0, mib(612));
+        policy.sample(at(250), mib(612));
+        assert_eq!(policy.next_look(), LOOK);
+        // 768 MiB of room: half of what a sudden fall uses in 0.75 s -> 375 ms.
+        let mut policy = memory(256);
+        policy.sample(t0, mib(1024));
+        assert_eq!(policy.next_look(), Duration::from_millis(375));
+        // Looks a second apart still see a fall: 1 GiB/s with 1.5 GiB of room left.
+        let mut policy = memory(512);
+        policy.sample(t0, mib(3072));
+        assert_eq!(policy.next_look(), SLOWEST_LOOK);
+        policy.sample(at(1000), mib(2048));
+        assert_eq!(policy.next_look(), Duration::from_millis(375));
+        policy.sample(at(1250), mib(700));
+        assert_eq!(policy.next_look(), FASTEST_LOOK);
+    }
+
+    #[test]
+    fn a_pressure_limit_alone_looks_every_second_while_a_trigger_watches() {
+        let t0 = Instant::now();
+        let pressure = |pct| Sample {
+            available: None,
+            pressure: Some(pct),
+        };
+        let mut policy = Policy::new(Thresholds {
+            min_available: None,
+            max_pressure: Some(10.0),
+        });
+        policy.sample(t0, pressure(1.0));
+        assert_eq!(policy.next_look(), LOOK, "no trigger: the usual look");
+        policy.notified(true);
+        assert_eq!(policy.next_look(), SLOWEST_LOOK);
+        policy.sample(t0, pressure(12.0));
+        assert_eq!(policy.next_look(), LOOK, "short: the usual look");
     }
 }

@@ -249,6 +249,12 @@ impl Supervisor<'_> {
         for fd in self.steer.fds() {
             set.add(Some(fd), PollFlags::POLLIN);
         }
+        // The kernel's word that memory gets short (the memory guard's notices).
+        let notices: Vec<Option<usize>> = self
+            .steer
+            .notice_fds(Instant::now())
+            .map(|(fd, events)| set.add(Some(fd), events))
+            .collect();
         // A heavy job holding part of its set: a token written back to the pool.
         let came_back = set.add(self.gather.watch_fd(), PollFlags::POLLIN);
         // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
@@ -269,6 +275,7 @@ impl Supervisor<'_> {
         set.poll(deadline)?;
         let (source_ready, sink_ready) = (set.ready(source), set.ready(sink));
         let came_back = set.ready(came_back);
+        let noticed = notices.iter().any(|at| set.ready(*at));
         let ready_outputs: Vec<usize> = outputs
             .iter()
             .filter(|(_, at)| set.ready(*at))
@@ -277,6 +284,9 @@ impl Supervisor<'_> {
         drop(set);
         if came_back {
             self.gather.came_back(Instant::now());
+        }
+        if noticed {
+            self.steer.notified(Instant::now());
         }
         if sink_ready {
             self.output.flush();
