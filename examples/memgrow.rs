@@ -5,10 +5,12 @@
 //! ```text
 //! memgrow --mb MB [--grow-ms MS] [--idle-ms MS] [--hold-ms MS] [--step-ms MS]
 //!         [--done FILE] [--log FILE] [--id ID]
+//!         [--barrier DIR --want K [--deadline-ms MS]]
 //! ```
 //! Order: `start` line in `--log`; `--idle-ms` with almost no memory (the compile before
 //! the link); `--mb` MiB taken in steps over `--grow-ms` (every page of a step written,
-//! then a sleep of `--step-ms`, default 20); held for `--hold-ms` (default 200); memory
+//! then a sleep of `--step-ms`, default 20); the barrier, memory held (a test's way of
+//! making K jobs hold their memory at once); held for `--hold-ms` (default 200); memory
 //! freed; `--done` written (`MB\n`, to a temporary name, then renamed); `end` line.
 //!
 //! Time is counted in steps, not read from the clock: a job that was stopped (SIGSTOP)
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use common::{Args, fail, log_event, write_whole};
+use common::{Args, barrier, fail, log_event, write_whole};
 
 /// The most memory one job may take: enough to be larger than a benchmark's cgroup.
 const MAX_MB: usize = 4096;
@@ -38,6 +40,9 @@ fn main() {
     let mut done = None;
     let mut log = None;
     let mut id = String::from("memgrow");
+    let mut barrier_dir = None;
+    let mut want = 1usize;
+    let mut deadline_ms = 10_000u64;
 
     let mut args = Args::new();
     while let Some(option) = args.next_option() {
@@ -50,6 +55,9 @@ fn main() {
             "--done" => done = Some(PathBuf::from(args.value(&option))),
             "--log" => log = Some(PathBuf::from(args.value(&option))),
             "--id" => id = args.value(&option),
+            "--barrier" => barrier_dir = Some(PathBuf::from(args.value(&option))),
+            "--want" => want = args.number(&option),
+            "--deadline-ms" => deadline_ms = args.number(&option),
             _ => fail(&format!("unknown argument {option:?}")),
         }
     }
@@ -79,6 +87,9 @@ fn main() {
         written = until;
         std::hint::black_box(&mut memory);
         thread::sleep(Duration::from_millis(step_ms));
+    }
+    if let Some(dir) = &barrier_dir {
+        barrier(dir, &id, want, Duration::from_millis(deadline_ms));
     }
     sleep_steps(hold_ms, step_ms);
     drop(memory);
