@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::util::{Sandbox, example, is_root, jsrun_bin, machine_cannot, process_gone};
+use crate::util::{Output, Sandbox, example, is_root, jsrun_bin, machine_cannot, process_gone};
 
 const MIB: u64 = 1 << 20;
 /// The limit of every test cgroup.
@@ -317,23 +317,8 @@ fn guard_keeps_every_make_job_alive() {
             .map(|id| job(sandbox, &id.to_string(), JOB_MB))
             .collect();
         makefile(sandbox, &jobs);
-        let out = sandbox
-            .command("sh")
-            .args(cg.entry())
-            .arg(jsrun_bin())
-            .args(["-j8", MIN_AVAIL, "--stats", "--", "make", "-k"])
-            .deadline(DEADLINE)
-            .run();
-        let left = cg.leftovers();
-        assert_eq!(cg.oom_kills(), 0, "OOM kills\n{}", out.report());
-        assert_eq!(done(sandbox), JOBS, "jobs done\n{}", out.report());
-        assert_eq!(
-            left,
-            Vec::<String>::new(),
-            "left in the cgroup\n{}",
-            out.report()
-        );
-        out.success();
+        let words = ["-j8", MIN_AVAIL, "--stats", "--", "make", "-k"].map(String::from);
+        every_job_alive(cg, sandbox, &words);
     });
 }
 
@@ -346,28 +331,42 @@ fn guard_keeps_every_runner_job_alive() {
         "memcg::guard_keeps_every_runner_job_alive",
         |cg, sandbox| {
             fs::create_dir_all(sandbox.join("done")).expect("create done/");
-            let out = sandbox
-                .command("sh")
-                .args(cg.entry())
-                .arg(jsrun_bin())
-                .args(["-j8", "-k", MIN_AVAIL, "--stats"])
-                .args(job(sandbox, "{}", JOB_MB))
-                .arg(":::")
-                .args((1..=JOBS).map(|i| i.to_string()))
-                .deadline(DEADLINE)
-                .run();
-            let left = cg.leftovers();
-            assert_eq!(cg.oom_kills(), 0, "OOM kills\n{}", out.report());
-            assert_eq!(done(sandbox), JOBS, "jobs done\n{}", out.report());
-            assert_eq!(
-                left,
-                Vec::<String>::new(),
-                "left in the cgroup\n{}",
-                out.report()
-            );
-            out.success();
+            let mut words = ["-j8", "-k", MIN_AVAIL, "--stats"]
+                .map(String::from)
+                .to_vec();
+            words.extend(job(sandbox, "{}", JOB_MB));
+            words.push(":::".into());
+            words.extend((1..=JOBS).map(|i| i.to_string()));
+            every_job_alive(cg, sandbox, &words);
         },
     );
+}
+
+/// Runs jsrun with these words in the cgroup: it succeeds, every job is done, the cgroup
+/// counted no OOM kill, and nothing is left in it when jsrun has ended.
+fn every_job_alive(cg: &MemCg, sandbox: &Sandbox, words: &[String]) {
+    let out = jsrun_in(cg, sandbox, words);
+    let left = cg.leftovers();
+    assert_eq!(cg.oom_kills(), 0, "OOM kills\n{}", out.report());
+    assert_eq!(done(sandbox), JOBS, "jobs done\n{}", out.report());
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "left in the cgroup\n{}",
+        out.report()
+    );
+    out.success();
+}
+
+/// jsrun with these words, run in the cgroup.
+fn jsrun_in(cg: &MemCg, sandbox: &Sandbox, words: &[String]) -> Output {
+    sandbox
+        .command("sh")
+        .args(cg.entry())
+        .arg(jsrun_bin())
+        .args(words)
+        .deadline(DEADLINE)
+        .run()
 }
 
 /// A job larger than the whole limit, among small ones, under the guard: it is attempted
@@ -381,13 +380,8 @@ fn a_job_larger_than_the_limit_fails_and_the_build_ends() {
             let mut jobs = vec![job(sandbox, "1", LIMIT / MIB + 64)];
             jobs.extend((2..=4).map(|id| job(sandbox, &id.to_string(), 20)));
             makefile(sandbox, &jobs);
-            let out = sandbox
-                .command("sh")
-                .args(cg.entry())
-                .arg(jsrun_bin())
-                .args(["-j8", MIN_AVAIL, "--stats", "--", "make", "-k"])
-                .deadline(DEADLINE)
-                .run();
+            let words = ["-j8", MIN_AVAIL, "--stats", "--", "make", "-k"].map(String::from);
+            let out = jsrun_in(cg, sandbox, &words);
             out.code(2);
             assert!(cg.oom_kills() >= 1, "no OOM kill\n{}", out.report());
             assert!(
