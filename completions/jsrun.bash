@@ -23,7 +23,7 @@ _jsrun() {
 
     case "${cmd}" in
         jsrun)
-            opts="-j -l -k -O -v -n -h -V --jobs --load-average --min-memory-avail --max-memory-pressure --weight --keep-going --jobserver-style --jobserver-group --jobserver --output-sync --tag --verbose --dry-run --joblog --stats --trace --progress --serve --info --help --version"
+            opts="-j -l -k -O -v -n -h -V --jobs --load-average --min-memory-avail --max-memory-pressure --no-pause --weight --keep-going --jobserver-style --jobserver-group --jobserver --output-sync --tag --verbose --dry-run --joblog --stats --trace --progress --serve --info --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -13,6 +13,7 @@ job\t'A job\'s output in one piece when it ends'"
 complete -c jsrun -l joblog -d 'Write one tab-separated row per finished job to FILE' -r -F
 complete -c jsrun -l trace -d 'Write a Chrome trace (JSON for Perfetto or chrome://tracing) to FILE: a row per slot with a span per job, and the waits for tokens' -r -F
 complete -c jsrun -l serve -d 'Serve a system jobserver at PATH (a fifo, created or replaced) with N tokens (-jN; default one per CPU) until SIGINT or SIGTERM, governed by -l, --min-memory-avail and --max-memory-pressure, resized by SIGUSR1/SIGUSR2, giving back the tokens of holders that are gone. No command. For make.conf (MAKEFLAGS="-jN --jobserver-auth=fifo:PATH") and hosts running several builds' -r -F
+complete -c jsrun -l no-pause -d 'With --min-memory-avail or --max-memory-pressure in a pool of jsrun\'s own: only hold back new starts; never pause running jobs (by default, while memory keeps running short, jobs are paused youngest first and resumed oldest first)'
 complete -c jsrun -s k -l keep-going -d 'After a failure, keep starting the remaining jobs (default: start no new job, let running ones finish)'
 complete -c jsrun -l tag -d 'Prefix each output line with the job\'s value (implies -Oline unless -O is given)'
 complete -c jsrun -s v -l verbose -d 'Print each command to stderr as it starts'

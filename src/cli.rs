@@ -74,6 +74,12 @@ pub struct Cli {
     #[arg(long, value_name = "PCT", value_parser = limits::parse_percent)]
     pub max_memory_pressure: Option<f64>,
 
+    /// With --min-memory-avail or --max-memory-pressure in a pool of jsrun's own: only hold
+    /// back new starts; never pause running jobs (by default, while memory keeps running
+    /// short, jobs are paused youngest first and resumed oldest first).
+    #[arg(long)]
+    pub no_pause: bool,
+
     /// Every job needs K slots of the pool (the implicit slot counts as one) and holds them
     /// until it ends, e.g. `+jsrun --weight=4 -- ld ...` for a link step. K beyond the
     /// pool's size is capped, with a warning.
@@ -192,6 +198,8 @@ pub struct Config {
     pub limits: Limits,
     /// `--weight`: slots per job, 1 when not given.
     pub weight: usize,
+    /// `--no-pause`: the memory limits only hold back.
+    pub no_pause: bool,
     /// `--serve=PATH`.
     pub serve: Option<PathBuf>,
     pub keep_going: bool,
@@ -540,6 +548,7 @@ impl TryFrom<Cli> for Config {
         Ok(Config {
             jobs,
             weight: cli.weight.map_or(1, |k| k as usize),
+            no_pause: cli.no_pause,
             serve: cli.serve,
             limits: Limits {
                 load: cli.load_average,

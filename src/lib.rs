@@ -11,6 +11,7 @@ mod bridge;
 mod cli;
 mod client;
 mod govern;
+mod guard;
 mod info;
 // Public for tests/fuzz.rs, which drives the parsers directly; the rest is the binary's.
 pub mod jobs;

@@ -381,6 +381,8 @@ pub struct Probe {
     keep_open: bool,
     buf: Vec<u8>,
     notes: Notes,
+    /// The memory figures the last check read: available bytes, pressure percent.
+    last_memory: (Option<u64>, Option<f64>),
 }
 
 impl Probe {
@@ -429,6 +431,7 @@ impl Probe {
             keep_open: false,
             buf: vec![0; BUF_SIZE],
             notes: Notes::default(),
+            last_memory: (None, None),
         }
     }
 
@@ -466,6 +469,7 @@ impl Probe {
             .max_memory_pressure
             .map(|limit| (limit, self.memory_pressure()));
         let load = limits.load.map(|limit| (limit, self.load()));
+        self.last_memory = (memory.and_then(|m| m.1), pressure.and_then(|p| p.1));
         let unread = [
             (Limit::MemoryAvail, matches!(memory, Some((_, None)))),
             (Limit::MemoryPressure, matches!(pressure, Some((_, None)))),
@@ -492,6 +496,12 @@ impl Probe {
             return Verdict::Go;
         };
         Verdict::Hold { reason }
+    }
+
+    /// The memory available (bytes) and pressure (percent) the last check read, where it
+    /// read them.
+    pub fn last_memory(&self) -> (Option<u64>, Option<f64>) {
+        self.last_memory
     }
 
     fn load(&mut self) -> Option<f64> {

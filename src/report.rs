@@ -204,7 +204,13 @@ impl Report {
     }
 
     /// The pool line of `--stats` for a pool of jsrun's own: how the whole tree used it.
-    pub fn print_pool(&self, slots: usize, view: &crate::govern::View) {
+    /// `paused`: the memory guard ran, and how it paused jobs.
+    pub fn print_pool(
+        &self,
+        slots: usize,
+        view: &crate::govern::View,
+        paused: Option<crate::steer::PauseView>,
+    ) {
         let wall = self.start.elapsed().as_secs_f64();
         let share = |d: Duration| match wall > 0.0 {
             true => 100.0 * d.as_secs_f64() / wall,
@@ -221,9 +227,18 @@ impl Report {
                 view.held_time.as_secs_f64()
             ),
         };
+        let paused = match paused {
+            None => String::new(),
+            Some(p) if p.most == 0 => ", nothing paused".to_owned(),
+            Some(p) => format!(
+                ", paused up to {} jobs for {:.1}s",
+                p.most,
+                p.time.as_secs_f64()
+            ),
+        };
         crate::say!(
             "jsrun: pool: {slots} slots, peak {} in use, mean {mean:.1}, all busy {:.0}% of \
-             {wall:.1}s, {held}",
+             {wall:.1}s, {held}{paused}",
             view.peak,
             share(view.all_busy),
         );

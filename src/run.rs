@@ -20,6 +20,7 @@ use crate::report::{Report, Sinks};
 use crate::say;
 use crate::server::Mismatch;
 use crate::status::{self, Status};
+use crate::steer::Pausing;
 use crate::supervise::{self, Outcome, Plan};
 use crate::sys::{self, Signals};
 
@@ -76,6 +77,10 @@ fn execute(config: &Config) -> Result<Status> {
         limits: config.limits,
         verbose: config.verbose,
         serve: false,
+        pausing: Pausing {
+            on: !config.no_pause,
+            below_clients: matches!(config.input, Input::None),
+        },
     };
     let total = match &config.input {
         Input::None => Some(1),
@@ -103,6 +108,7 @@ fn serve(config: &Config, path: &Path) -> Result<Status> {
         verbose: config.verbose,
         weight: 1,
         serve: true,
+        pausing: Pausing::default(),
     };
     let (_, mismatch) = supervise_pool(config, pool, plan, &signals, None)?;
     Ok(match mismatch {
@@ -145,7 +151,7 @@ fn supervise_pool(
             report.print_stats(slots);
         }
         if let Some(governed) = &outcome.governed {
-            report.print_pool(governed.slots, &governed.view);
+            report.print_pool(governed.slots, &governed.view, governed.paused);
         }
     }
     Ok((outcome, mismatch))

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use crate::bridge::Bridge;
 use crate::govern::{Event, Governor, View};
+use crate::guard::Guard;
+use crate::guard::policy::{PACE, Sample};
 use crate::limits::{self, Exceeded, Limits, Probe};
 use crate::pool::Pool;
 use crate::report::Report;
+use crate::running::Running;
 
 /// How often a limit is looked at while it is set.
 const CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -19,7 +22,27 @@ pub struct Steer<'p> {
     pool: &'p Pool,
     governor: Option<Governor>,
     limiter: Option<Limiter>,
+    /// Pauses and resumes jobs, paces starts: a pool of jsrun's own with a memory limit.
+    guard: Option<Guard>,
+    /// Slots in use at the last look at the pool.
+    in_use: usize,
     verbose: bool,
+}
+
+/// Whether and how the memory guard runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pausing {
+    /// Pausing allowed (not `--no-pause`, not `--serve`).
+    pub on: bool,
+    /// Jobs are the trees below the pool's clients (`-jN -- CMD`), not jsrun's own jobs.
+    pub below_clients: bool,
+}
+
+/// How the guard paused jobs: the most at once, and for how long any was paused.
+#[derive(Clone, Copy, Debug)]
+pub struct PauseView {
+    pub most: usize,
+    pub time: Duration,
 }
 
 /// The limits and when to look at them next.
@@ -39,13 +62,31 @@ pub struct Governed {
     pub held: usize,
     /// Tokens the pool should hold.
     pub expected: usize,
+    /// The memory guard ran: how it paused jobs.
+    pub paused: Option<PauseView>,
 }
 
 impl<'p> Steer<'p> {
-    pub fn new(pool: &'p Pool, limits: Limits, verbose: bool) -> Steer<'p> {
+    pub fn new(pool: &'p Pool, limits: Limits, verbose: bool, pausing: Pausing) -> Steer<'p> {
+        let governor = pool.governor();
+        let guard = match (pausing.on, &governor, pool.client()) {
+            (true, Some(_), Some(client)) => {
+                let file = nix::sys::stat::fstat(client.fd()).ok();
+                match (pausing.below_clients, file) {
+                    (false, _) => Guard::new(&limits, None, verbose),
+                    (true, Some(stat)) => {
+                        Guard::new(&limits, Some((stat.st_dev, stat.st_ino)), verbose)
+                    }
+                    (true, None) => None,
+                }
+            }
+            _ => None,
+        };
         Steer {
             pool,
-            governor: pool.governor(),
+            guard,
+            in_use: 0,
+            governor,
             limiter: limits.is_set().then(|| Limiter {
                 limits,
                 probe: Probe::from_env(),
@@ -58,11 +99,17 @@ impl<'p> Steer<'p> {
 
     /// Looks at the limits when it is time, lets the governor follow the pool, and
     /// balances the bridge. `implicit_busy`: jsrun's own job holds its implicit slot.
-    pub fn tick(&mut self, now: Instant, implicit_busy: bool, report: &mut Report) {
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        implicit_busy: bool,
+        crew: &[Running<'_>],
+        report: &mut Report,
+    ) {
         if let Some(bridge) = self.pool.bridge() {
             bridge.balance();
         }
-        self.check_limits(now);
+        self.check_limits(now, crew, report);
         let (Some(governor), Some(client)) = (&mut self.governor, self.pool.client()) else {
             return;
         };
@@ -73,6 +120,17 @@ impl<'p> Steer<'p> {
                 Event::Level { in_use, held } => {
                     report.counter("slots in use", in_use);
                     report.counter("held back", held);
+                    if let Some(guard) = &mut self.guard {
+                        if in_use > self.in_use {
+                            guard.started(now);
+                        } else if guard.has_paused()
+                            && let Some(limiter) = &mut self.limiter
+                        {
+                            // A job ended: a paused one may resume.
+                            limiter.next_check = now;
+                        }
+                    }
+                    self.in_use = in_use;
                 }
                 Event::Extra { tokens, at } => crate::say!(
                     "jsrun: warning: at {:.1}s: {tokens} more token(s) in the pool than it can \
@@ -89,14 +147,13 @@ impl<'p> Steer<'p> {
         }
     }
 
-    fn check_limits(&mut self, now: Instant) {
+    fn check_limits(&mut self, now: Instant, crew: &[Running<'_>], report: &mut Report) {
         let Some(limiter) = &mut self.limiter else {
             return;
         };
         if now < limiter.next_check {
             return;
         }
-        limiter.next_check = now + CHECK_INTERVAL;
         let verdict = loop {
             match limiter.probe.check(&limiter.limits) {
                 limits::Verdict::Unavailable(u) => crate::say!("jsrun: warning: {u}"),
@@ -114,8 +171,45 @@ impl<'p> Steer<'p> {
             }
         }
         limiter.exceeded = exceeded;
+        let mut next = CHECK_INTERVAL;
+        let mut pace = false;
+        if let Some(guard) = &mut self.guard {
+            let (available, pressure) = limiter.probe.last_memory();
+            guard.look(
+                now,
+                Sample {
+                    available,
+                    pressure,
+                },
+                crew,
+                report,
+            );
+            next = guard.next_look();
+            let slots = self.governor.as_ref().map_or(1, Governor::slots);
+            pace = limiter.exceeded.is_none() && !guard.may_start(now, slots);
+            if pace {
+                next = next.min(PACE);
+            }
+        }
+        limiter.next_check = now + next;
         if let Some(governor) = &mut self.governor {
-            governor.hold(limiter.exceeded.is_some(), now);
+            governor.hold(limiter.exceeded.is_some() || pace, now);
+        }
+    }
+
+    /// One of jsrun's own jobs ended: with a job paused, look again at once.
+    pub fn job_ended(&mut self, now: Instant) {
+        if self.guard.as_ref().is_some_and(Guard::has_paused)
+            && let Some(limiter) = &mut self.limiter
+        {
+            limiter.next_check = now;
+        }
+    }
+
+    /// Resumes every paused job; none is paused from now on (the end, an interrupt).
+    pub fn resume_all(&mut self, now: Instant, report: &mut Report) {
+        if let Some(guard) = &mut self.guard {
+            guard.resume_all(now, report);
         }
     }
 
@@ -167,7 +261,12 @@ impl<'p> Steer<'p> {
     }
 
     /// The end: how the tree used a governed pool.
-    pub fn finish(&mut self, now: Instant) -> Option<Governed> {
+    pub fn finish(&mut self, now: Instant, report: &mut Report) -> Option<Governed> {
+        self.resume_all(now, report);
+        let paused = self.guard.as_ref().map(|g| PauseView {
+            most: g.most,
+            time: g.time,
+        });
         let governor = self.governor.as_mut()?;
         let slots = governor.slots();
         let (view, held, expected) = governor.finish(now);
@@ -176,6 +275,7 @@ impl<'p> Steer<'p> {
             view,
             held: held.len(),
             expected,
+            paused,
         })
     }
 }

@@ -267,7 +267,7 @@ pub fn holders(file: (u64, u64)) -> Vec<Holder> {
 }
 
 /// Whether process `pid` has `file` open.
-fn holds(pid: u32, file: (u64, u64)) -> bool {
+pub fn holds(pid: u32, file: (u64, u64)) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
@@ -275,7 +275,8 @@ fn holds(pid: u32, file: (u64, u64)) -> bool {
         .any(|fd| nix::sys::stat::stat(&fd.path()).is_ok_and(|s| (s.st_dev, s.st_ino) == file))
 }
 
-fn command_of(pid: u32) -> String {
+/// The command line of `pid`, words joined by blanks (its name in brackets if it has none).
+pub fn command_of(pid: u32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let words: Vec<String> = cmdline
         .split(|&b| b == 0)

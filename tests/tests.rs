@@ -17,6 +17,7 @@ mod make;
 mod memcg;
 mod observe;
 mod output;
+mod pause;
 mod peers;
 mod runner;
 mod security;

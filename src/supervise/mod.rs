@@ -25,7 +25,7 @@ use crate::running::Crew;
 use crate::slots::{Gather, Ledger};
 use crate::spawn::Spawner;
 use crate::status::Status;
-use crate::steer::{Governed, Steer};
+use crate::steer::{Governed, Pausing, Steer};
 use crate::sys::Signals;
 use crate::verdict::Verdict;
 
@@ -44,6 +44,8 @@ pub struct Plan {
     pub weight: usize,
     /// `--serve`: no job; serve the pool until SIGINT, SIGTERM or SIGHUP.
     pub serve: bool,
+    /// The memory guard: may it pause jobs, and which.
+    pub pausing: Pausing,
 }
 
 pub struct Outcome {
@@ -87,7 +89,7 @@ pub fn run(
     let ledger = Ledger::new(pool.client(), pool.implicit() > 0);
     let mut sup = Supervisor {
         verdict: Verdict::new(plan.keep_going),
-        steer: Steer::new(pool, plan.limits, plan.verbose),
+        steer: Steer::new(pool, plan.limits, plan.verbose, plan.pausing),
         gather: Gather::new(plan.weight),
         plan,
         signals,
@@ -105,7 +107,7 @@ pub fn run(
     sup.run()?;
     Ok(Outcome {
         status: sup.verdict.status(),
-        governed: sup.steer.finish(Instant::now()),
+        governed: sup.steer.finish(Instant::now(), sup.report),
     })
 }
 
@@ -114,6 +116,8 @@ impl Drop for Supervisor<'_> {
     /// but only once its job is gone: given back for a job that still runs, a token would
     /// let one more job start than the pool has slots.
     fn drop(&mut self) {
+        // Nothing stays paused: a stopped job would neither end nor take SIGTERM.
+        self.steer.resume_all(Instant::now(), self.report);
         self.crew.stop(self.signals);
     }
 }
@@ -131,15 +135,16 @@ impl Supervisor<'_> {
         // make was asked its version) stops it from starting.
         self.handle_signals()?;
         loop {
-            self.steer
-                .tick(Instant::now(), self.ledger.implicit_busy(), self.report);
+            let now = Instant::now();
+            let busy = self.ledger.implicit_busy();
+            self.steer.tick(now, busy, &self.crew.jobs, self.report);
             let started = self.crew.jobs.len();
             let wants = self.start_jobs();
             if self.crew.jobs.len() != started {
                 // The pool's level now, with jsrun's own jobs in it (the first one holds
                 // the implicit slot, which no read or write of the pool shows).
-                self.steer
-                    .tick(Instant::now(), self.ledger.implicit_busy(), self.report);
+                let (now, busy) = (Instant::now(), self.ledger.implicit_busy());
+                self.steer.tick(now, busy, &self.crew.jobs, self.report);
             }
             let feed_done = self.plan.feed.is_done() && self.pending.is_none() && !self.plan.serve;
             if self.crew.jobs.is_empty()
@@ -259,6 +264,7 @@ impl Supervisor<'_> {
             match sig {
                 Signal::SIGCHLD => {
                     while let Some(ended) = self.crew.reap() {
+                        self.steer.job_ended(Instant::now());
                         self.ended(ended);
                     }
                 }
@@ -269,6 +275,8 @@ impl Supervisor<'_> {
                 sig => {
                     self.verdict.interrupt(sig);
                     self.pending = None;
+                    // Paused jobs are resumed first: a stopped process acts on no signal.
+                    self.steer.resume_all(Instant::now(), self.report);
                     self.crew.signal(sig);
                 }
             }

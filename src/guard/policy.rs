@@ -1,0 +1,560 @@
+//! The memory guard's decisions, from memory samples and what the jobs look like: which job
+//! to pause or resume, whether a new job may start now, and when to look again. Pure: no
+//! /proc, no signal, no clock of its own (every call is given `now`), so that recorded memory
+//! curves can drive it in the unit tests.
+//!
+//! - **Pause** the youngest running job when memory is short (available below the minimum,
+//!   or pressure at or above the maximum) *and still running short*: available fell by more
+//!   than [`NOISE`] within the last [`TREND`] (pressure rose). Memory that is short but
+//!   steady is left to holding back: pausing frees nothing, it only stops growth. Never the
+//!   last running job.
+//! - **Resume** the oldest paused job when memory is no longer short and has room for it: the
+//!   minimum plus what the job held when it was paused (a paused job's footprint is what it
+//!   will need at least once it runs on), or a quarter of the minimum if that is more; one
+//!   resume per [`RESUME_GAP`], so that the growth of the one resumed shows before the next.
+//! - **Resume anyway** the oldest paused job when no job runs any more, or when the running
+//!   jobs made no progress (their CPU time did not grow) for [`STALL`]: they may wait for a
+//!   paused one (a lock, a pipe). No pause follows for [`STALL`] after such a resume.
+//! - **Pace** new starts while the room above the minimum is less than one footprint per slot
+//!   (the largest peak of a job that ended, else the minimum itself): a start at most every
+//!   [`PACE`], and none while the trend since the last start would use the room within
+//!   [`HORIZON`].
+//! - **Look** every [`LOOK`], faster as memory falls towards the minimum: a quarter of the
+//!   time it would take to reach it at the current rate, down to [`FASTEST_LOOK`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A fall of available memory smaller than this is noise.
+pub const NOISE: u64 = 2 << 20;
+/// How far back the trend of available memory is taken.
+pub const TREND: Duration = Duration::from_millis(500);
+/// The least time between two resumes for room.
+pub const RESUME_GAP: Duration = Duration::from_millis(500);
+/// Running jobs whose CPU time does not grow for this long make no progress.
+pub const STALL: Duration = Duration::from_millis(1500);
+/// The least time between two paced starts.
+pub const PACE: Duration = Duration::from_millis(150);
+/// A start is held while memory, at its rate since the last start, would reach the minimum
+/// within this.
+pub const HORIZON: Duration = Duration::from_secs(2);
+/// How often memory is looked at while a limit is set and nothing is near.
+pub const LOOK: Duration = Duration::from_millis(250);
+/// The fastest look, as memory falls towards the minimum.
+pub const FASTEST_LOOK: Duration = Duration::from_millis(20);
+
+/// What was read at one look.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Bytes available (the least of MemAvailable and every cgroup's room).
+    pub available: Option<u64>,
+    /// PSI `some avg10`, percent.
+    pub pressure: Option<f64>,
+}
+
+/// The limits the guard keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Thresholds {
+    pub min_available: Option<u64>,
+    pub max_pressure: Option<f64>,
+}
+
+/// One job as the guard sees it at a look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobView {
+    /// The guard's key for the job.
+    pub id: u64,
+    /// Start order: larger is younger.
+    pub age: u64,
+    pub paused: bool,
+    /// Resident memory of the job's processes, bytes.
+    pub rss: u64,
+    /// CPU time of the job's processes, clock ticks.
+    pub cpu: u64,
+}
+
+/// Why a job is resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Memory has room for it again.
+    Room,
+    /// No other job runs.
+    Alone,
+    /// The running jobs made no progress: they may wait for this one.
+    Stalled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pause(u64),
+    Resume(u64, Why),
+}
+
+#[derive(Debug)]
+pub struct Policy {
+    limits: Thresholds,
+    /// Recent samples of available memory, oldest first, within [`TREND`].
+    recent: VecDeque<(Instant, u64)>,
+    recent_pressure: VecDeque<(Instant, f64)>,
+    last_resume: Option<Instant>,
+    /// The last resume forced by a stall or by no job running.
+    forced: Option<Instant>,
+    /// The running jobs' CPU time, and since when it has not grown.
+    cpu: u64,
+    progress: Option<Instant>,
+    /// The largest peak footprint of a job that ended.
+    footprint: Option<u64>,
+    /// The last start: when, and the memory available then.
+    last_start: Option<(Instant, Option<u64>)>,
+    last: Sample,
+}
+
+impl Policy {
+    pub fn new(limits: Thresholds) -> Policy {
+        Policy {
+            limits,
+            recent: VecDeque::new(),
+            recent_pressure: VecDeque::new(),
+            last_resume: None,
+            forced: None,
+            cpu: 0,
+            progress: None,
+            footprint: None,
+            last_start: None,
+            last: Sample::default(),
+        }
+    }
+
+    /// Takes a new sample.
+    pub fn sample(&mut self, now: Instant, sample: Sample) {
+        self.last = sample;
+        if let Some(available) = sample.available {
+            self.recent.push_back((now, available));
+        }
+        if let Some(pressure) = sample.pressure {
+            self.recent_pressure.push_back((now, pressure));
+        }
+        let old = |at: Instant| now.saturating_duration_since(at) > TREND;
+        while self.recent.len() > 1 && self.recent.front().is_some_and(|s| old(s.0)) {
+            self.recent.pop_front();
+        }
+        while self.recent_pressure.len() > 1
+            && self.recent_pressure.front().is_some_and(|s| old(s.0))
+        {
+            self.recent_pressure.pop_front();
+        }
+    }
+
+    /// Available memory is below the minimum, or pressure at or above the maximum.
+    pub fn short(&self) -> bool {
+        let memory = matches!(
+            (self.last.available, self.limits.min_available),
+            (Some(a), Some(min)) if a < min
+        );
+        let pressure = matches!(
+            (self.last.pressure, self.limits.max_pressure),
+            (Some(p), Some(max)) if p >= max
+        );
+        memory || pressure
+    }
+
+    /// Memory keeps running short: available fell, or pressure rose, within [`TREND`].
+    pub fn falling(&self) -> bool {
+        let fell = self.last.available.is_some_and(|now| {
+            let top = self.recent.iter().map(|s| s.1).max().unwrap_or(now);
+            top.saturating_sub(now) > NOISE
+        });
+        let rose = self.last.pressure.is_some_and(|now| {
+            let low = self
+                .recent_pressure
+                .iter()
+                .map(|s| s.1)
+                .fold(f64::INFINITY, f64::min);
+            now > low
+        });
+        fell || rose
+    }
+
+    /// Bytes above the minimum now, when both are known.
+    fn room(&self) -> Option<u64> {
+        Some(
+            self.last
+                .available?
+                .saturating_sub(self.limits.min_available?),
+        )
+    }
+
+    /// Available memory's fall per second over [`TREND`], when it falls.
+    fn fall_rate(&self) -> Option<f64> {
+        let (&(t0, a0), &(t1, a1)) = (self.recent.front()?, self.recent.back()?);
+        let secs = t1.saturating_duration_since(t0).as_secs_f64();
+        (a1 < a0 && secs > 0.0).then(|| (a0 - a1) as f64 / secs)
+    }
+
+    /// What to do now about the jobs, one action at a time.
+    pub fn decide(&mut self, now: Instant, jobs: &[JobView]) -> Option<Action> {
+        let running = || jobs.iter().filter(|j| !j.paused);
+        let oldest_paused = jobs.iter().filter(|j| j.paused).min_by_key(|j| j.age);
+        let cpu: u64 = running().map(|j| j.cpu).sum();
+        if cpu != self.cpu || self.progress.is_none() || oldest_paused.is_none() {
+            self.cpu = cpu;
+            self.progress = Some(now);
+        }
+        if let Some(job) = oldest_paused {
+            if running().next().is_none() {
+                return Some(self.resumed(now, job.id, Why::Alone));
+            }
+            if self
+                .progress
+                .is_some_and(|p| now.saturating_duration_since(p) >= STALL)
+            {
+                return Some(self.resumed(now, job.id, Why::Stalled));
+            }
+        }
+        let after_forced = self
+            .forced
+            .is_none_or(|f| now.saturating_duration_since(f) >= STALL);
+        if self.short() && self.falling() && after_forced && running().count() >= 2 {
+            let youngest = running().max_by_key(|j| j.age)?;
+            self.progress = Some(now);
+            return Some(Action::Pause(youngest.id));
+        }
+        let job = oldest_paused?;
+        let gap = self
+            .last_resume
+            .is_none_or(|r| now.saturating_duration_since(r) >= RESUME_GAP);
+        let room = match (self.room(), self.limits.min_available) {
+            (Some(room), Some(min)) => room >= job.rss.max(min / 4),
+            _ => true,
+        };
+        (gap && room && !self.short() && !self.falling())
+            .then(|| self.resumed(now, job.id, Why::Room))
+    }
+
+    fn resumed(&mut self, now: Instant, id: u64, why: Why) -> Action {
+        self.last_resume = Some(now);
+        self.progress = Some(now);
+        if why != Why::Room {
+            self.forced = Some(now);
+        }
+        Action::Resume(id, why)
+    }
+
+    /// A job ended whose peak footprint was `peak` bytes.
+    pub fn ended(&mut self, peak: u64) {
+        self.footprint = Some(self.footprint.map_or(peak, |f| f.max(peak)));
+    }
+
+    /// A job started (or a token went out for one).
+    pub fn started(&mut self, now: Instant) {
+        self.last_start = Some((now, self.last.available));
+    }
+
+    /// Whether a new job may start now in a pool of `slots`.
+    pub fn may_start(&self, now: Instant, slots: usize) -> bool {
+        if self.short() {
+            return false;
+        }
+        let (Some(room), Some(min)) = (self.room(), self.limits.min_available) else {
+            return true;
+        };
+        let footprint = self.footprint.unwrap_or(min).max(1);
+        if room / footprint >= slots as u64 {
+            return true;
+        }
+        let Some((at, then)) = self.last_start else {
+            return true;
+        };
+        let since = now.saturating_duration_since(at);
+        if since < PACE {
+            return false;
+        }
+        let (Some(then), Some(available)) = (then, self.last.available) else {
+            return true;
+        };
+        let rate = then.saturating_sub(available) as f64 / since.as_secs_f64();
+        rate <= 0.0 || room as f64 / rate >= HORIZON.as_secs_f64()
+    }
+
+    /// When to look again: [`LOOK`], or sooner as memory falls towards the minimum.
+    pub fn next_look(&self) -> Duration {
+        let (Some(room), Some(rate)) = (self.room(), self.fall_rate()) else {
+            return LOOK;
+        };
+        Duration::from_secs_f64(room as f64 / rate / 4.0).clamp(FASTEST_LOOK, LOOK)
+    }
+
+    /// Whether the guard must see the jobs at this look: memory is short or near it, or a
+    /// job is paused.
+    pub fn watching(&self, paused: bool) -> bool {
+        let near = match (self.room(), self.limits.min_available) {
+            (Some(room), Some(min)) => room < min,
+            _ => false,
+        };
+        paused || self.short() || near
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn job(id: u64, paused: bool, rss_mib: u64, cpu: u64) -> JobView {
+        JobView {
+            id,
+            age: id,
+            paused,
+            rss: rss_mib * MIB,
+            cpu,
+        }
+    }
+
+    fn memory(min_mib: u64) -> Policy {
+        Policy::new(Thresholds {
+            min_available: Some(min_mib * MIB),
+            max_pressure: None,
+        })
+    }
+
+    fn mib(available: u64) -> Sample {
+        Sample {
+            available: Some(available * MIB),
+            pressure: None,
+        }
+    }
+
+    /// Replays `curve` (MiB available, one sample per 50 ms) over jobs 1..=4 that each
+    /// grow and make progress; paused jobs stay as they are. The actions, with the index
+    /// of the sample they followed.
+    fn replay(policy: &mut Policy, curve: &[u64]) -> Vec<(usize, Action)> {
+        let t0 = Instant::now();
+        let mut jobs: Vec<JobView> = (1..=4).map(|id| job(id, false, 100, 0)).collect();
+        let mut actions = Vec::new();
+        for (i, &available) in curve.iter().enumerate() {
+            let now = t0 + Duration::from_millis(50 * i as u64);
+            for j in jobs.iter_mut().filter(|j| !j.paused) {
+                j.cpu += 1;
+                j.rss += 5 * MIB;
+            }
+            policy.sample(now, mib(available));
+            if let Some(action) = policy.decide(now, &jobs) {
+                let (Action::Pause(id) | Action::Resume(id, _)) = action;
+                let j = jobs.iter_mut().find(|j| j.id == id).unwrap();
+                j.paused = matches!(action, Action::Pause(_));
+                actions.push((i, action));
+            }
+        }
+        actions
+    }
+
+    #[test]
+    fn falling_below_the_minimum_pauses_the_youngest_first_never_the_last() {
+        let mut policy = memory(512);
+        // 4 jobs growing: 1000 MiB down by 20 MiB per sample, then down to 300 and on.
+        let curve: Vec<u64> = (0..40).map(|i| 1000 - 20 * i).collect();
+        let actions = replay(&mut policy, &curve);
+        let paused: Vec<u64> = actions
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Pause(id) => Some(*id),
+                Action::Resume(..) => None,
+            })
+            .collect();
+        assert_eq!(paused, [4, 3, 2], "youngest first, job 1 always runs");
+        // Nothing before memory was short: 1000 - 20 i < 512 from sample 25 on.
+        assert_eq!(actions[0].0, 25, "{actions:?}");
+        assert!(actions.iter().all(|(_, a)| matches!(a, Action::Pause(_))));
+    }
+
+    #[test]
+    fn short_but_steady_memory_pauses_nothing() {
+        let mut policy = memory(1024);
+        let actions = replay(&mut policy, &[256; 20]);
+        assert_eq!(actions, []);
+    }
+
+    #[test]
+    fn memory_coming_back_resumes_the_oldest_first_with_a_gap_and_room() {
+        let mut policy = memory(512);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut jobs = vec![
+            job(1, false, 300, 10),
+            job(2, true, 200, 0),
+            job(3, true, 100, 0),
+        ];
+        // Just above the minimum: no room for job 2's 200 MiB.
+        policy.sample(at(0), mib(600));
+        assert_eq!(policy.decide(at(0), &jobs), None);
+        jobs[0].cpu += 1;
+        policy.sample(at(100), mib(800));
+        assert_eq!(
+            policy.decide(at(100), &jobs),
+            Some(Action::Resume(2, Why::Room))
+        );
+        jobs[1].paused = false;
+        jobs[0].cpu += 1;
+        policy.sample(at(200), mib(800));
+        assert_eq!(policy.decide(at(200), &jobs), None, "one per gap");
+        jobs[0].cpu += 1;
+        policy.sample(at(100 + RESUME_GAP.as_millis() as u64), mib(800));
+        assert_eq!(
+            policy.decide(at(100 + RESUME_GAP.as_millis() as u64), &jobs),
+            Some(Action::Resume(3, Why::Room))
+        );
+    }
+
+    #[test]
+    fn a_stall_resumes_the_oldest_paused_and_no_pause_follows_at_once() {
+        let mut policy = memory(512);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Job 1 runs but its CPU time does not grow: it waits for job 2 (a lock).
+        let jobs = [job(1, false, 300, 7), job(2, true, 200, 3)];
+        let mut resumed = None;
+        for i in 0..40 {
+            let now = at(100 * i);
+            policy.sample(now, mib(400 - i));
+            if let Some(action) = policy.decide(now, &jobs) {
+                resumed = Some((i, action));
+                break;
+            }
+        }
+        let (i, action) = resumed.expect("a resume");
+        assert_eq!(action, Action::Resume(2, Why::Stalled));
+        assert_eq!(
+            i,
+            STALL.as_millis() as u64 / 100,
+            "after STALL without progress"
+        );
+        // Both run, memory still short and falling: no pause within STALL.
+        let jobs = [job(1, false, 300, 7), job(2, false, 200, 3)];
+        let now = at(100 * i + 100);
+        policy.sample(now, mib(200));
+        assert_eq!(policy.decide(now, &jobs), None);
+        let later = now + STALL;
+        policy.sample(later - Duration::from_millis(100), mib(160));
+        policy.sample(later, mib(150));
+        assert_eq!(policy.decide(later, &jobs), Some(Action::Pause(2)));
+    }
+
+    #[test]
+    fn no_job_running_resumes_the_oldest_paused_even_when_short() {
+        let mut policy = memory(512);
+        let now = Instant::now();
+        policy.sample(now, mib(100));
+        let jobs = [job(2, true, 200, 0), job(3, true, 100, 0)];
+        assert_eq!(
+            policy.decide(now, &jobs),
+            Some(Action::Resume(2, Why::Alone))
+        );
+    }
+
+    #[test]
+    fn rising_pressure_pauses_and_pressure_below_the_limit_resumes() {
+        let mut policy = Policy::new(Thresholds {
+            min_available: None,
+            max_pressure: Some(10.0),
+        });
+        let t0 = Instant::now();
+        let mut jobs = vec![job(1, false, 0, 0), job(2, false, 0, 0)];
+        let mut seen = Vec::new();
+        for (i, p) in [0.0, 5.0, 12.0, 20.0, 20.0, 8.0, 8.0, 8.0]
+            .iter()
+            .enumerate()
+        {
+            let now = t0 + Duration::from_millis(300 * i as u64);
+            jobs[0].cpu += 1;
+            policy.sample(
+                now,
+                Sample {
+                    available: None,
+                    pressure: Some(*p),
+                },
+            );
+            if let Some(action) = policy.decide(now, &jobs) {
+                jobs[1].paused = matches!(action, Action::Pause(_));
+                seen.push((i, action));
+            }
+        }
+        assert_eq!(
+            seen,
+            [(2, Action::Pause(2)), (5, Action::Resume(2, Why::Room))],
+            "paused while rising above; resumed once below and no longer rising"
+        );
+    }
+
+    #[test]
+    fn the_first_wave_is_paced_by_the_trend_until_a_footprint_is_known() {
+        // 1.5 GiB of room, a minimum of 512 MiB, 8 slots: the minimum stands in for the
+        // footprint, so the room holds 2 of them, not 8: paced.
+        let mut policy = memory(512);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        policy.sample(at(0), mib(2048));
+        assert!(policy.may_start(at(0), 8));
+        policy.started(at(0));
+        assert!(
+            !policy.may_start(at(50), 8),
+            "within PACE of the last start"
+        );
+        // 100 MiB gone in 200 ms: 1436 MiB of room lasts 2.9 s at that rate.
+        policy.sample(at(200), mib(1948));
+        assert!(policy.may_start(at(200), 8));
+        policy.started(at(200));
+        // 300 MiB more in 200 ms: 1136 MiB lasts 0.76 s, below the horizon.
+        policy.sample(at(400), mib(1648));
+        assert!(!policy.may_start(at(400), 8));
+        // Short: never.
+        policy.sample(at(900), mib(500));
+        assert!(!policy.may_start(at(900), 8));
+        // Jobs of 10 MiB ended: 8 of them fit the room, no pacing.
+        policy.ended(10 * MIB);
+        policy.sample(at(1000), mib(1648));
+        policy.started(at(1000));
+        assert!(policy.may_start(at(1001), 8));
+    }
+
+    #[test]
+    fn ample_room_or_no_memory_figure_is_never_paced() {
+        let mut policy = memory(1024);
+        let now = Instant::now();
+        policy.sample(now, mib(8192));
+        policy.started(now);
+        assert!(
+            policy.may_start(now, 4),
+            "7 GiB of room holds 4 jobs of 1 GiB"
+        );
+        let mut pressure = Policy::new(Thresholds {
+            min_available: None,
+            max_pressure: Some(10.0),
+        });
+        pressure.sample(
+            now,
+            Sample {
+                available: None,
+                pressure: Some(1.0),
+            },
+        );
+        pressure.started(now);
+        assert!(pressure.may_start(now, 8));
+    }
+
+    #[test]
+    fn looks_come_faster_as_memory_falls_towards_the_minimum() {
+        let mut policy = memory(512);
+        let t0 = Instant::now();
+        policy.sample(t0, mib(4096));
+        assert_eq!(policy.next_look(), LOOK);
+        // 800 MiB/s falling with 1 GiB of room: 1.3 s away, a look every 0.32 s -> LOOK.
+        policy.sample(t0 + Duration::from_millis(250), mib(3896));
+        assert_eq!(policy.next_look(), LOOK);
+        policy.sample(t0 + Duration::from_millis(500), mib(3696));
+        policy.sample(t0 + Duration::from_millis(600), mib(700));
+        let look = policy.next_look();
+        assert!(look < LOOK && look >= FASTEST_LOOK, "{look:?}");
+        assert!(policy.watching(false));
+    }
+}

@@ -1,0 +1,478 @@
+//! The memory guard (governor contract section 8): in a pool of jsrun's own with a memory
+//! limit, running jobs are paused (SIGSTOP to the whole tree) youngest first while memory
+//! keeps running short, and resumed oldest first as it comes back; never every job; nothing
+//! left paused at the end or after SIGTERM; no deadlock when the running job waits for a
+//! paused one; `--no-pause` turns it off.
+//!
+//! Memory is a `JSRUN_PROC_DIR` meminfo the test rewrites: it "falls" when the test writes
+//! ever smaller figures, and comes back when it writes a large one. The jobs are
+//! `examples/grow` (a little CPU work every 50 ms, so the running ones make progress), and
+//! the test sees a job paused in its `/proc/PID/stat` (state `T`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::util::{Running, Sandbox, example, path_str, shell_words};
+
+/// The limit every test sets, and the memory available while nothing is short.
+const MIN: &str = "--min-memory-avail=1G";
+const PLENTY_MIB: u64 = 8192;
+
+/// A `JSRUN_PROC_DIR` whose MemAvailable the test sets.
+struct Memory {
+    dir: PathBuf,
+    /// The figure last written, MiB, and when.
+    now: u64,
+    written: Instant,
+}
+
+impl Memory {
+    fn new(sandbox: &Sandbox) -> Memory {
+        let dir = sandbox.join("proc");
+        fs::create_dir_all(&dir).expect("create the proc directory");
+        let mut memory = Memory {
+            dir,
+            now: 0,
+            written: Instant::now(),
+        };
+        memory.set(PLENTY_MIB);
+        memory
+    }
+
+    /// Writes MemAvailable (a new file renamed over the old one: never read half-written).
+    fn set(&mut self, mib: u64) {
+        let kb = mib * 1024;
+        let text = format!(
+            "MemTotal:       16777216 kB\nMemFree:        {kb} kB\nMemAvailable:   {kb} kB\n"
+        );
+        let partial = self.dir.join("meminfo.partial");
+        fs::write(&partial, text).expect("write meminfo");
+        fs::rename(&partial, self.dir.join("meminfo")).expect("rename meminfo");
+        self.now = mib;
+        self.written = Instant::now();
+    }
+
+    /// Memory keeps running short: 8 MiB less every 25 ms, from 1000 MiB (below the 1 GiB
+    /// limit), down to 16 MiB. Called from a wait loop.
+    fn fall(&mut self) {
+        if self.now > 1000 {
+            self.set(1000);
+        } else if self.written.elapsed() >= Duration::from_millis(25) {
+            self.set(self.now.saturating_sub(8).max(16));
+        }
+    }
+}
+
+/// The state letter of `/proc/PID/stat`, `None` once the process is gone (or a zombie).
+fn state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat[stat.rfind(')')? + 1..].trim_start().chars().next()?;
+    (state != 'Z').then_some(state)
+}
+
+fn paused(pid: i32) -> bool {
+    state(pid) == Some('T')
+}
+
+/// The children of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// `pid` and every process below it.
+fn tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children(all[i]));
+        i += 1;
+    }
+    all
+}
+
+fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The `grow` process below `root` whose command line names `marker`.
+fn find(root: i32, marker: &str) -> Option<i32> {
+    let grow = path_str(&example("grow"));
+    tree(root).into_iter().skip(1).find(|&p| {
+        let line = cmdline(p);
+        line.starts_with(&grow) && line.contains(marker)
+    })
+}
+
+/// The `grow` command line of job `id`: it holds until `release-ID` exists.
+fn grow(sandbox: &Sandbox, id: &str, extra: &[String]) -> String {
+    let mut words = vec![
+        path_str(&example("grow")),
+        "--id".into(),
+        id.into(),
+        "--log".into(),
+        sandbox.str("log"),
+        "--until".into(),
+        sandbox.str(format!("release-{id}")),
+    ];
+    words.extend_from_slice(extra);
+    shell_words(&words)
+}
+
+fn release(sandbox: &Sandbox, id: &str) {
+    fs::write(sandbox.join(format!("release-{id}")), b"").expect("write a release file");
+}
+
+/// `jsrun -v --stats -jN MIN OPTIONS` reading the job lines from stdin, with the memory
+/// of `memory`.
+fn start(
+    sandbox: &Sandbox,
+    memory: &Memory,
+    slots: usize,
+    options: &[&str],
+    jobs: &[String],
+) -> Running {
+    let script = sandbox.write("jobs", jobs.join("\n") + "\n");
+    sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", &memory.dir)
+        .args(["-v", "--stats", &format!("-j{slots}"), MIN])
+        .args(options)
+        .arg("::::")
+        .arg(script)
+        .deadline(Duration::from_secs(40))
+        .spawn()
+}
+
+/// Waits until the jobs named `ids` run below jsrun; their pids.
+fn pids(running: &mut Running, ids: &[&str]) -> Vec<i32> {
+    let jsrun = running.pid();
+    let mut found = Vec::new();
+    running.wait_until("every job to start", || {
+        found = ids
+            .iter()
+            .filter_map(|id| find(jsrun, &format!("release-{id}")))
+            .collect();
+        found.len() == ids.len()
+    });
+    found
+}
+
+/// `start` with one plain `grow` job per id, once all of them run: their pids.
+fn start_grow(
+    sandbox: &Sandbox,
+    memory: &Memory,
+    ids: &[&str],
+    options: &[&str],
+) -> (Running, Vec<i32>) {
+    let jobs: Vec<String> = ids.iter().map(|id| grow(sandbox, id, &[])).collect();
+    let mut running = start(sandbox, memory, ids.len(), options, &jobs);
+    let pids = pids(&mut running, ids);
+    (running, pids)
+}
+
+/// Lets memory fall until `pid` is paused.
+fn fall_until_paused(running: &mut Running, memory: &mut Memory, what: &str, pid: i32) {
+    running.wait_until(what, || {
+        memory.fall();
+        paused(pid)
+    });
+}
+
+fn release_all(sandbox: &Sandbox, ids: &[&str]) {
+    for id in ids {
+        release(sandbox, id);
+    }
+}
+
+/// The lines of `stderr` that contain `what`, in order.
+fn lines_with<'a>(stderr: &'a str, what: &str) -> Vec<&'a str> {
+    stderr.lines().filter(|l| l.contains(what)).collect()
+}
+
+#[test]
+fn the_youngest_are_paused_first_one_always_runs_and_the_oldest_resumes_first() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let trace = sandbox.join("trace.json");
+    let options = ["--trace", trace.to_str().unwrap()];
+    let (mut running, p) = start_grow(&sandbox, &memory, &["1", "2", "3"], &options);
+    running.wait_until("jobs 3 and 2 to be paused", || {
+        memory.fall();
+        assert!(!paused(p[0]), "job 1, the last running, was paused");
+        paused(p[1]) && paused(p[2])
+    });
+    // Memory keeps falling a while longer: job 1 runs on.
+    let until = Instant::now() + Duration::from_millis(500);
+    running.wait_until("memory to fall on", || {
+        memory.fall();
+        Instant::now() >= until
+    });
+    assert!(!paused(p[0]), "job 1, the last running, was paused");
+    memory.set(PLENTY_MIB);
+    running.wait_until("both to be resumed", || !paused(p[1]) && !paused(p[2]));
+    release_all(&sandbox, &["1", "2", "3"]);
+    let output = running.wait();
+    output.success();
+    let stderr = &output.stderr;
+    let pauses = lines_with(stderr, "jsrun: paused job");
+    let resumes = lines_with(stderr, "jsrun: resumed job");
+    assert_eq!(pauses.len(), 2, "{stderr}");
+    assert!(pauses[0].starts_with("jsrun: paused job 3 ("), "{stderr}");
+    assert!(pauses[1].starts_with("jsrun: paused job 2 ("), "{stderr}");
+    assert!(
+        pauses[0].contains(" available, below 1024M"),
+        "the -v line names the figures: {stderr}"
+    );
+    assert!(
+        pauses[0].contains("release-3"),
+        "the -v line names the command: {stderr}"
+    );
+    assert_eq!(resumes.len(), 2, "{stderr}");
+    assert!(resumes[0].starts_with("jsrun: resumed job 2 ("), "{stderr}");
+    assert!(resumes[1].starts_with("jsrun: resumed job 3 ("), "{stderr}");
+    let pool = lines_with(stderr, "jsrun: pool:");
+    assert!(
+        pool.len() == 1 && pool[0].contains(", paused up to 2 jobs for "),
+        "{stderr}"
+    );
+    // The trace's counter track follows every change: 1, 2, 1, 0.
+    let text = fs::read_to_string(&trace).expect("the trace");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the trace is JSON");
+    let track: Vec<u64> = json["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .iter()
+        .filter(|e| e["ph"] == "C" && e["name"] == "jobs paused")
+        .filter_map(|e| e["args"].as_object()?.values().next()?.as_u64())
+        .collect();
+    assert_eq!(track, [1, 2, 1, 0], "{text}");
+}
+
+#[test]
+fn the_last_running_job_ending_resumes_a_paused_one_even_while_short() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let (mut running, p) = start_grow(&sandbox, &memory, &["1", "2"], &[]);
+    fall_until_paused(&mut running, &mut memory, "job 2 to be paused", p[1]);
+    assert!(!paused(p[0]));
+    // Memory stays short; job 1 ends.
+    release(&sandbox, "1");
+    running.wait_until("job 2 to be resumed", || !paused(p[1]));
+    release(&sandbox, "2");
+    let output = running.wait();
+    output
+        .success()
+        .stderr_contains("jsrun: resumed job 2 (")
+        .stderr_lacks("missing");
+}
+
+/// SIGTERM while job 3 is paused: jsrun resumes it before it passes the signal on, so
+/// it ends at once, while job 1 (which ignores SIGTERM) still runs; then job 1 ends, and
+/// jsrun dies of SIGTERM with no process left and no token missing.
+#[test]
+fn sigterm_while_a_job_is_paused_ends_every_process_and_loses_no_token() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    // `exec`: jsrun's child is grow itself, which the SIGTERM jsrun passes on reaches.
+    let jobs: Vec<String> = ["1", "2", "3"]
+        .iter()
+        .map(|id| {
+            let ignore = if *id == "1" { "trap '' TERM; " } else { "" };
+            format!("{ignore}exec {}", grow(&sandbox, id, &[]))
+        })
+        .collect();
+    let mut running = start(&sandbox, &memory, 3, &[], &jobs);
+    let p = pids(&mut running, &["1", "2", "3"]);
+    fall_until_paused(&mut running, &mut memory, "job 3 to be paused", p[2]);
+    running.signal(libc::SIGTERM);
+    running.wait_until("jobs 2 and 3 to end while job 1 runs on", || {
+        assert!(state(p[0]).is_some(), "job 1 ended");
+        state(p[1]).is_none() && state(p[2]).is_none()
+    });
+    release(&sandbox, "1");
+    let output = running.wait();
+    output.killed_by(libc::SIGTERM).stderr_lacks("missing");
+    for pid in p {
+        assert_eq!(
+            state(pid),
+            None,
+            "job process {pid} is left: {}",
+            output.report()
+        );
+    }
+    assert!(
+        output.stderr.contains("jsrun: resumed job 3 ("),
+        "{}",
+        output.report()
+    );
+}
+
+/// Job 2, the younger, holds a lock; job 1 will need it once `go` exists. Memory runs
+/// short: job 2 is paused. Then job 1 waits for the lock, makes no progress, and the guard
+/// resumes job 2, which can then finish and let job 1 have the lock.
+#[test]
+fn a_paused_job_holding_a_lock_the_running_one_needs_is_resumed() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let lock = sandbox.str("lock");
+    let go = sandbox.str("go");
+    let job1 = grow(
+        &sandbox,
+        "1",
+        &["--lock".into(), lock.clone(), "--after".into(), go.clone()],
+    );
+    // Job 2 takes the lock at once, then holds it until released.
+    let job2 = grow(&sandbox, "2", &["--lock".into(), lock]);
+    let mut running = start(&sandbox, &memory, 2, &[], &[job1, job2]);
+    let p = pids(&mut running, &["1", "2"]);
+    let log = sandbox.log();
+    running.wait_until("job 2 to hold the lock", || {
+        log.text().contains("locked 2 ")
+    });
+    fall_until_paused(&mut running, &mut memory, "job 2 to be paused", p[1]);
+    fs::write(&go, b"").expect("write go");
+    release(&sandbox, "2");
+    running.wait_until("job 2 to be resumed, and job 1 to take the lock", || {
+        log.text().contains("locked 1 ")
+    });
+    release(&sandbox, "1");
+    let output = running.wait();
+    output
+        .success()
+        .stderr_contains("jsrun: resumed job 2 (")
+        .stderr_contains("no progress");
+}
+
+#[test]
+fn no_pause_only_holds_back() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let (mut running, p) = start_grow(&sandbox, &memory, &["1", "2", "3"], &["--no-pause"]);
+    // Memory falls for longer than it takes to pause two jobs otherwise.
+    let until = Instant::now() + Duration::from_millis(1500);
+    running.wait_until("memory to fall", || {
+        memory.fall();
+        assert!(p.iter().all(|&pid| !paused(pid)), "a job was paused");
+        Instant::now() >= until
+    });
+    release_all(&sandbox, &["1", "2", "3"]);
+    let output = running.wait();
+    output
+        .success()
+        .stderr_contains("jsrun: holding back")
+        .stderr_lacks("paused");
+}
+
+/// A makefile of three recipes that each run `grow`, under `jsrun -j3 MIN -- MAKE`: the
+/// recipes are paused as whole trees, youngest first; make itself never.
+fn recipes_are_paused_as_trees_and_make_never(make: &Path) {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let mut makefile = String::from("all: a b c\n");
+    for id in ["a", "b", "c"] {
+        // A shell around grow: the job is the tree of both.
+        let line = grow(&sandbox, id, &[]);
+        makefile += &format!("{id}:\n\t{line} && true\n");
+    }
+    sandbox.write("Makefile", makefile);
+    let mut running = sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", &memory.dir)
+        .args(["-v", "--stats", "-j3", MIN, "--"])
+        .arg(make)
+        .deadline(Duration::from_secs(40))
+        .spawn();
+    let jsrun = running.pid();
+    let p = pids(&mut running, &["a", "b", "c"]);
+    let make_pid = children(jsrun)[0];
+    running.wait_until("recipe c to be paused", || {
+        memory.fall();
+        paused(p[2])
+    });
+    // The whole recipe: the shell and grow below it.
+    let shell = fs::read_to_string(format!("/proc/{}/stat", p[2]))
+        .ok()
+        .and_then(|s| {
+            s[s.rfind(')').unwrap() + 2..]
+                .split(' ')
+                .nth(1)?
+                .parse::<i32>()
+                .ok()
+        })
+        .expect("grow's parent");
+    if shell != make_pid {
+        assert!(paused(shell), "the recipe's shell runs on");
+    }
+    assert!(!paused(make_pid), "make was paused");
+    assert!(!paused(p[0]), "recipe a, the oldest, was paused");
+    memory.set(PLENTY_MIB);
+    running.wait_until("recipe c to be resumed", || !paused(p[2]) && !paused(p[1]));
+    release_all(&sandbox, &["a", "b", "c"]);
+    let output = running.wait();
+    output.success().stderr_lacks("warning");
+    let pauses = lines_with(&output.stderr, "jsrun: paused job");
+    assert!(
+        pauses.first().is_some_and(|l| l.contains("release-c")),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        pauses.iter().all(|l| !l.contains("release-a")),
+        "{}",
+        output.stderr
+    );
+}
+
+#[test]
+fn make44_recipes_are_paused_as_trees_and_make_never() {
+    recipes_are_paused_as_trees_and_make_never(&crate::util::make44());
+}
+
+#[test]
+fn make43_recipes_are_paused_as_trees_and_make_never() {
+    recipes_are_paused_as_trees_and_make_never(&crate::util::make43());
+}
+
+/// Memory just below the limit but steady (a fall of 2 MiB, within the noise): held back,
+/// nothing paused, since pausing frees nothing; the pool line says so.
+#[test]
+fn memory_that_is_short_but_steady_pauses_nothing() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let (mut running, p) = start_grow(&sandbox, &memory, &["1", "2"], &[]);
+    // Just above the limit, for long enough that the fall from 8 GiB is out of the trend
+    // jsrun takes (0.5 s) whatever its looks' timing.
+    memory.set(1025);
+    let until = Instant::now() + Duration::from_secs(2);
+    running.wait_until("2 s above the limit", || Instant::now() >= until);
+    memory.set(1023);
+    let stderr = running.stderr_path();
+    running.wait_until("jsrun to hold back", || {
+        fs::read_to_string(&stderr).is_ok_and(|s| s.contains("holding back"))
+    });
+    let until = Instant::now() + Duration::from_millis(1000);
+    running.wait_until("a second of steady shortage", || {
+        assert!(p.iter().all(|&pid| !paused(pid)), "a job was paused");
+        Instant::now() >= until
+    });
+    release_all(&sandbox, &["1", "2"]);
+    let output = running.wait();
+    output
+        .success()
+        .stderr_contains(", nothing paused")
+        .stderr_lacks("jsrun: paused");
+}
