@@ -1,17 +1,22 @@
 //! A job that grows its memory over time, like a compiler on a large file, for the memory
 //! guard's tests and benchmarks: it allocates and touches `--mib` MiB evenly over
-//! `--secs` seconds, then holds them, touching its pages again every `--tick-ms` (so that
+//! `--secs` seconds (after `--idle-ms` of work with no memory, like the compile before a
+//! link), then holds them, touching its pages again every `--tick-ms` (so that
 //! its CPU time grows while it runs, as a working job's does), until `--until FILE`
 //! exists or `--hold-ms` has passed.
 //!
 //! ```text
-//! grow [--mib MIB] [--secs S] [--hold-ms MS | --until FILE] [--lock FILE [--after FILE]]
+//! grow [--mib MIB] [--secs S] [--idle-ms MS] [--hold-ms MS | --until FILE]
+//!      [--lock FILE [--after FILE]]
 //!      [--log FILE] [--id ID] [--tick-ms MS] [--deadline-ms MS]
 //! ```
 //! `--lock FILE`: takes an exclusive `flock` on FILE first (waiting for it, with no CPU)
 //! and holds it to the end; with `--after FILE`, only once FILE exists. Log lines:
 //! `start`, `locked` (with --lock), `grown`, `end`. At most 2048 MiB. After
 //! `--deadline-ms` (default 30 s) it gives up holding and ends, so it never hangs a test.
+//! Idling and growing are counted in ticks, not read from the clock: a job that was
+//! stopped (SIGSTOP) goes on where it was when it is resumed, as a compiler does, instead
+//! of catching up in one burst.
 
 mod common;
 
@@ -54,6 +59,7 @@ impl Job {
 fn main() {
     let mut mib = 0usize;
     let mut secs = 0f64;
+    let mut idle_ms = 0u64;
     let mut hold_ms = None;
     let mut until = None;
     let mut lock = None;
@@ -69,6 +75,7 @@ fn main() {
         match option.as_str() {
             "--mib" => mib = args.number(&option),
             "--secs" => secs = args.number(&option),
+            "--idle-ms" => idle_ms = args.number(&option),
             "--hold-ms" => hold_ms = Some(args.number::<u64>(&option)),
             "--until" => until = Some(PathBuf::from(args.value(&option))),
             "--lock" => lock = Some(PathBuf::from(args.value(&option))),
@@ -101,18 +108,19 @@ fn main() {
         job.event("locked");
         locked
     });
+    let tick_ms = job.tick.as_millis().max(1);
+    for _ in 0..u128::from(idle_ms) / tick_ms {
+        Job::work(&mut []);
+        std::thread::sleep(job.tick);
+    }
     // Grown in steps of one tick each.
     let mut memory: Vec<u8> = Vec::with_capacity(mib << 20);
-    let steps = ((secs * 1000.0) as u128 / job.tick.as_millis().max(1)).max(1) as usize;
+    let steps = ((secs * 1000.0) as u128 / tick_ms).max(1) as usize;
     let step = (mib << 20).div_ceil(steps);
-    let start = Instant::now();
     for i in 1..=steps {
         let len = (step * i).min(mib << 20);
         memory.resize(len, 1);
-        let due = start + job.tick * i as u32;
-        if let Some(left) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(left);
-        }
+        std::thread::sleep(job.tick);
     }
     job.event("grown");
     let held = Instant::now();

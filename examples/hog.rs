@@ -11,10 +11,11 @@
 
 mod common;
 
+use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Args, barrier, fail, log_event, write_whole};
+use common::{Args, barrier, fail, log_event};
 
 /// The most memory a test may take.
 const MAX_MB: usize = 1024;
@@ -59,7 +60,11 @@ fn main() {
     }
     std::hint::black_box(&mut memory);
     if let Some(path) = &ready {
-        write_whole(path, &format!("{mb}\n"));
+        let partial = path.with_extension("partial");
+        fs::write(&partial, format!("{mb}\n"))
+            .unwrap_or_else(|err| fail(&format!("cannot write {}: {err}", partial.display())));
+        fs::rename(&partial, path)
+            .unwrap_or_else(|err| fail(&format!("cannot rename to {}: {err}", path.display())));
     }
     if let Some(dir) = &barrier_dir {
         barrier(dir, &id, want, Duration::from_millis(deadline_ms));

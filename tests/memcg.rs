@@ -1,6 +1,6 @@
 //! The memory guard in real memory cgroups the tests create (cgroup v1, and v2 where its
 //! memory controller can be had): jobs that grow past the limit, counted by the cgroup's
-//! own OOM-kill counter and by the files the jobs write as their last act. Each test is
+//! own OOM-kill counter and by the `end` the jobs log as their last act. Each test is
 //! small (a 256 MiB limit, jobs of 60 MiB) and checks both versions; a version the machine
 //! cannot give is reported with `util::machine_cannot`. The cgroups are removed even when a
 //! test fails: [`MemCg`]'s Drop resumes and kills what is left, then removes the directory.
@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::util::{Output, Sandbox, example, is_root, jsrun_bin, machine_cannot, process_gone};
+use crate::util::{
+    Output, Sandbox, example, is_root, jsrun_bin, machine_cannot, path_str, process_gone,
+    shell_words,
+};
 
 const MIB: u64 = 1 << 20;
 /// The limit of every test cgroup.
@@ -231,17 +234,27 @@ fn each_version(test: &str, body: impl Fn(&MemCg, &Sandbox)) {
     }
 }
 
-/// The words of one growing job that writes `done/NAME` when it has finished.
-fn job(sandbox: &Sandbox, name: &str, mb: u64) -> Vec<String> {
-    vec![
-        example("memgrow").to_string_lossy().into_owned(),
-        "--mb".into(),
+/// The words of one job `id` that grows to `mb` MiB in 1 s (examples/grow), holds it
+/// for 0.2 s and logs its `end`; `hold` replaces the 0.2 s.
+fn job(sandbox: &Sandbox, id: &str, mb: u64, hold: &[&str]) -> Vec<String> {
+    let mut words = vec![
+        path_str(&example("grow")),
+        "--mib".into(),
         mb.to_string(),
-        "--grow-ms".into(),
-        "1000".into(),
-        "--done".into(),
-        sandbox.str(format!("done/{name}")),
-    ]
+        "--secs".into(),
+        "1".into(),
+        "--id".into(),
+        id.into(),
+        "--log".into(),
+        sandbox.str("log"),
+        "--deadline-ms".into(),
+        "120000".into(),
+    ];
+    if hold.is_empty() {
+        words.extend(["--hold-ms".into(), "200".into()]);
+    }
+    words.extend(hold.iter().map(ToString::to_string));
+    words
 }
 
 /// A Makefile with one target per job, all under `all`.
@@ -249,57 +262,60 @@ fn makefile(sandbox: &Sandbox, jobs: &[Vec<String>]) {
     let names: Vec<String> = (1..=jobs.len()).map(|i| format!("j{i}")).collect();
     let mut text = format!(".PHONY: all {0}\nall: {0}\n", names.join(" "));
     for (name, words) in names.iter().zip(jobs) {
-        text.push_str(&format!("{name}:\n\t{}\n", words.join(" ")));
+        text.push_str(&format!("{name}:\n\t{}\n", shell_words(words)));
     }
     sandbox.write("Makefile", text);
-    fs::create_dir_all(sandbox.join("done")).expect("create done/");
 }
 
-/// How many jobs wrote their `done` file.
+/// The ids of the jobs that logged `event` (`grown`: took all their memory; `end`: done).
+fn logged(sandbox: &Sandbox, event: &str) -> Vec<String> {
+    let text = fs::read_to_string(sandbox.join("log")).unwrap_or_default();
+    let mut ids: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(event)?.strip_prefix(' '))
+        .filter_map(|rest| rest.split(' ').next().map(String::from))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 fn done(sandbox: &Sandbox) -> usize {
-    fs::read_dir(sandbox.join("done"))
-        .expect("read done/")
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
-        })
-        .count()
+    logged(sandbox, "end").len()
 }
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
-/// The control: plain `make -j8` of jobs that hold 60 MiB each at once (a barrier) in a
-/// 256 MiB cgroup. The cgroup's counter shows OOM kills, so the tests below can fail.
+/// The control: plain `make -j8` of jobs that hold 60 MiB each until every one has either
+/// taken it or been killed, in a 256 MiB cgroup. The cgroup's counter shows OOM kills, so
+/// the tests below can fail.
 #[test]
 fn plain_make_loses_jobs_to_the_oom_killer() {
     each_version(
         "memcg::plain_make_loses_jobs_to_the_oom_killer",
         |cg, sandbox| {
-            let barrier = sandbox.str("barrier");
+            let release = sandbox.str("release");
             let jobs: Vec<Vec<String>> = (1..=JOBS)
-                .map(|id| {
-                    let mut words = job(sandbox, &id.to_string(), JOB_MB);
-                    words.extend(["--id".into(), id.to_string(), "--barrier".into()]);
-                    words.extend([barrier.clone(), "--want".into(), JOBS.to_string()]);
-                    words.extend(["--deadline-ms".into(), "3000".into()]);
-                    words
-                })
+                .map(|id| job(sandbox, &id.to_string(), JOB_MB, &["--until", &release]))
                 .collect();
             makefile(sandbox, &jobs);
-            let out = sandbox
+            let mut running = sandbox
                 .command("sh")
                 .args(cg.entry())
                 .args(["make", "-j8", "-k"])
                 .deadline(DEADLINE)
-                .run();
+                .spawn();
+            running.wait_until("every job grown or killed", || {
+                logged(sandbox, "grown").len() as u64 + cg.oom_kills() >= JOBS as u64
+            });
+            fs::write(&release, b"").expect("write the release file");
+            let out = running.wait();
             out.code(2);
-            let kills = cg.oom_kills();
             assert!(
-                kills > 0,
-                "no OOM kill in {cg:?}\n{}",
-                out.report(),
-                cg = cg.dir
+                cg.oom_kills() > 0,
+                "no OOM kill in {}\n{}",
+                cg.dir.display(),
+                out.report()
             );
             assert!(done(sandbox) < JOBS, "every job done\n{}", out.report());
             assert_eq!(cg.leftovers(), Vec::<String>::new(), "left in the cgroup");
@@ -314,7 +330,7 @@ fn plain_make_loses_jobs_to_the_oom_killer() {
 fn guard_keeps_every_make_job_alive() {
     each_version("memcg::guard_keeps_every_make_job_alive", |cg, sandbox| {
         let jobs: Vec<Vec<String>> = (1..=JOBS)
-            .map(|id| job(sandbox, &id.to_string(), JOB_MB))
+            .map(|id| job(sandbox, &id.to_string(), JOB_MB, &[]))
             .collect();
         makefile(sandbox, &jobs);
         let words = ["-j8", MIN_AVAIL, "--stats", "--", "make", "-k"].map(String::from);
@@ -322,7 +338,7 @@ fn guard_keeps_every_make_job_alive() {
     });
 }
 
-/// The runner: `jsrun -j8 -k --min-memory-avail=64M memgrow ... ::: 1..8` in a 256 MiB
+/// The runner: `jsrun -j8 -k --min-memory-avail=64M grow ... ::: 1..8` in a 256 MiB
 /// cgroup: every job done, no OOM kill, nothing left.
 #[test]
 #[ignore = "needs the memory guard"]
@@ -330,11 +346,10 @@ fn guard_keeps_every_runner_job_alive() {
     each_version(
         "memcg::guard_keeps_every_runner_job_alive",
         |cg, sandbox| {
-            fs::create_dir_all(sandbox.join("done")).expect("create done/");
             let mut words = ["-j8", "-k", MIN_AVAIL, "--stats"]
                 .map(String::from)
                 .to_vec();
-            words.extend(job(sandbox, "{}", JOB_MB));
+            words.extend(job(sandbox, "{}", JOB_MB, &[]));
             words.push(":::".into());
             words.extend((1..=JOBS).map(|i| i.to_string()));
             every_job_alive(cg, sandbox, &words);
@@ -377,19 +392,15 @@ fn a_job_larger_than_the_limit_fails_and_the_build_ends() {
     each_version(
         "memcg::a_job_larger_than_the_limit_fails_and_the_build_ends",
         |cg, sandbox| {
-            let mut jobs = vec![job(sandbox, "1", LIMIT / MIB + 64)];
-            jobs.extend((2..=4).map(|id| job(sandbox, &id.to_string(), 20)));
+            let mut jobs = vec![job(sandbox, "1", LIMIT / MIB + 64, &[])];
+            jobs.extend((2..=4).map(|id| job(sandbox, &id.to_string(), 20, &[])));
             makefile(sandbox, &jobs);
             let words = ["-j8", MIN_AVAIL, "--stats", "--", "make", "-k"].map(String::from);
             let out = jsrun_in(cg, sandbox, &words);
             out.code(2);
             assert!(cg.oom_kills() >= 1, "no OOM kill\n{}", out.report());
-            assert!(
-                !sandbox.join("done/1").exists(),
-                "the large job finished\n{}",
-                out.report()
-            );
-            assert_eq!(done(sandbox), 3, "small jobs done\n{}", out.report());
+            let ids = ["2", "3", "4"].map(String::from);
+            assert_eq!(logged(sandbox, "end"), ids, "jobs done\n{}", out.report());
             assert_eq!(
                 cg.leftovers(),
                 Vec::<String>::new(),

@@ -51,16 +51,6 @@ pub fn barrier(dir: &Path, id: &str, want: usize, deadline: Duration) {
     );
 }
 
-/// Writes `contents` to a temporary name beside `path`, then renames it: a reader sees
-/// the whole file or none.
-pub fn write_whole(path: &Path, contents: &str) {
-    let partial = path.with_extension("partial");
-    fs::write(&partial, contents)
-        .unwrap_or_else(|err| fail(&format!("cannot write {}: {err}", partial.display())));
-    fs::rename(&partial, path)
-        .unwrap_or_else(|err| fail(&format!("cannot rename to {}: {err}", path.display())));
-}
-
 /// Prints the message and exits with status 99, which no test expects.
 pub fn fail(message: &str) -> ! {
     eprintln!("{}: {message}", program());
