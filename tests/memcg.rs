@@ -326,7 +326,6 @@ fn plain_make_loses_jobs_to_the_oom_killer() {
 /// `jsrun -j8 --min-memory-avail=64M -- make -k` of 8 jobs growing to 60 MiB each in a
 /// 256 MiB cgroup: every job done, no OOM kill, nothing left paused or running.
 #[test]
-#[ignore = "needs the memory guard"]
 fn guard_keeps_every_make_job_alive() {
     each_version("memcg::guard_keeps_every_make_job_alive", |cg, sandbox| {
         let jobs: Vec<Vec<String>> = (1..=JOBS)
@@ -341,7 +340,6 @@ fn guard_keeps_every_make_job_alive() {
 /// The runner: `jsrun -j8 -k --min-memory-avail=64M grow ... ::: 1..8` in a 256 MiB
 /// cgroup: every job done, no OOM kill, nothing left.
 #[test]
-#[ignore = "needs the memory guard"]
 fn guard_keeps_every_runner_job_alive() {
     each_version(
         "memcg::guard_keeps_every_runner_job_alive",
