@@ -435,6 +435,20 @@ impl Probe {
         }
     }
 
+    /// The files that count the OOM killer's kills (an `oom_kill N` line): `vmstat` beside
+    /// `meminfo`, and each memory cgroup's `memory.oom_control` (v1) or `memory.events` (v2).
+    pub fn oom_counters(&self) -> Vec<PathBuf> {
+        let vmstat = self.meminfo.path.with_file_name("vmstat");
+        let cgroups = self.levels.iter().filter_map(|(limit, _)| {
+            let dir = limit.path.parent()?;
+            Some(match limit.path.file_name()? == "memory.limit_in_bytes" {
+                true => dir.join("memory.oom_control"),
+                false => dir.join("memory.events"),
+            })
+        });
+        std::iter::once(vmstat).chain(cgroups).collect()
+    }
+
     /// Keeps each file open once read, and reads it again at offset 0: for the kernel's
     /// files, which are produced afresh by each read from the start and never replaced.
     pub fn keep_files_open(mut self) -> Probe {

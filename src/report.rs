@@ -39,6 +39,8 @@ pub struct Stats {
     pub longest_token_wait: Duration,
     /// Sum of the jobs' runtimes: busy slot-time.
     pub busy: Duration,
+    /// Jobs the OOM killer killed that ran again.
+    pub oom_reruns: u64,
 }
 
 pub struct Report {
@@ -184,6 +186,11 @@ impl Report {
         }
     }
 
+    /// A job the OOM killer killed runs again.
+    pub fn oom_rerun(&mut self) {
+        self.stats.oom_reruns += 1;
+    }
+
     /// A counter track of the trace (`slots in use`, `held back`) takes `value` now.
     pub fn counter(&mut self, name: &str, value: usize) {
         if let Some(trace) = &mut self.trace {
@@ -255,9 +262,14 @@ impl Report {
         } else {
             0.0
         };
+        // Said only when it happened: the line stays as it was otherwise.
+        let reruns = match s.oom_reruns {
+            0 => String::new(),
+            n => format!(", {n} run again after the OOM killer killed them"),
+        };
         crate::say!(
             "jsrun: {} jobs, {} failed, {:.3}s wall, peak {} of {} slots, {} tokens acquired, \
-             {:.3}s waiting for tokens (longest {:.3}s), slot utilisation {:.0}%",
+             {:.3}s waiting for tokens (longest {:.3}s), slot utilisation {:.0}%{reruns}",
             s.jobs,
             s.failed,
             wall.as_secs_f64(),

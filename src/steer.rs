@@ -69,13 +69,18 @@ pub struct Governed {
 impl<'p> Steer<'p> {
     pub fn new(pool: &'p Pool, limits: Limits, verbose: bool, pausing: Pausing) -> Steer<'p> {
         let governor = pool.governor();
+        // Nothing is read without a limit.
+        let probe = limits.is_set().then(Probe::from_env);
         let guard = match (pausing.on, &governor, pool.client()) {
             (true, Some(_), Some(client)) => {
                 let file = nix::sys::stat::fstat(client.fd()).ok();
+                let counters = probe.as_ref().map(Probe::oom_counters);
+                let counters = counters.unwrap_or_default();
                 match (pausing.below_clients, file) {
-                    (false, _) => Guard::new(&limits, None, verbose),
+                    (false, _) => Guard::new(&limits, None, counters, verbose),
                     (true, Some(stat)) => {
-                        Guard::new(&limits, Some((stat.st_dev, stat.st_ino)), verbose)
+                        let pool = Some((stat.st_dev, stat.st_ino));
+                        Guard::new(&limits, pool, counters, verbose)
                     }
                     (true, None) => None,
                 }
@@ -87,9 +92,9 @@ impl<'p> Steer<'p> {
             guard,
             in_use: 0,
             governor,
-            limiter: limits.is_set().then(|| Limiter {
+            limiter: probe.map(|probe| Limiter {
                 limits,
-                probe: Probe::from_env(),
+                probe,
                 next_check: Instant::now(),
                 exceeded: None,
             }),
@@ -214,8 +219,30 @@ impl<'p> Steer<'p> {
     }
 
     /// Whether jsrun's own jobs may take tokens: not while its pool is held back.
+    /// While the memory guard paces starts, not before it lets the next one start.
     pub fn may_take(&self) -> bool {
+        let slots = self.governor.as_ref().map_or(1, Governor::slots);
         self.governor.as_ref().is_none_or(Governor::may_take)
+            && self
+                .guard
+                .as_ref()
+                .is_none_or(|g| g.may_start(Instant::now(), slots))
+    }
+
+    /// One of jsrun's own jobs started, as process `pid`.
+    pub fn started(&mut self, now: Instant, pid: i32) {
+        if let Some(guard) = &mut self.guard {
+            guard.started(now);
+            guard.adopt(pid);
+        }
+    }
+
+    /// One of the runner's jobs died of SIGKILL: whether the OOM killer killed it and it
+    /// is to run again (only while the memory guard runs, and only in the runner).
+    pub fn oom_killed(&mut self) -> bool {
+        self.guard
+            .as_mut()
+            .is_some_and(|g| g.runner() && g.oom_killed())
     }
 
     /// Under another pool a limit keeps jsrun's own jobs down to one (a pool of jsrun's

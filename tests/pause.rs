@@ -71,6 +71,14 @@ fn state(pid: i32) -> Option<char> {
     (state != 'Z').then_some(state)
 }
 
+/// `/proc/PID/oom_score_adj`.
+fn oom_score_adj(pid: i32) -> i32 {
+    fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("oom_score_adj")
+}
+
 fn paused(pid: i32) -> bool {
     state(pid) == Some('T')
 }
@@ -267,6 +275,9 @@ fn the_last_running_job_ending_resumes_a_paused_one_even_while_short() {
     let sandbox = Sandbox::new();
     let mut memory = Memory::new(&sandbox);
     let (mut running, p) = start_grow(&sandbox, &memory, &["1", "2"], &[]);
+    // The OOM killer takes a job before jsrun.
+    let jsrun = oom_score_adj(running.pid());
+    assert!(p.iter().all(|&pid| oom_score_adj(pid) > jsrun));
     fall_until_paused(&mut running, &mut memory, "job 2 to be paused", p[1]);
     assert!(!paused(p[0]));
     // Memory stays short; job 1 ends.
@@ -475,4 +486,161 @@ fn memory_that_is_short_but_steady_pauses_nothing() {
         .success()
         .stderr_contains(", nothing paused")
         .stderr_lacks("jsrun: paused");
+}
+
+/// The spans of jobs in a trace: (start µs, name), by start.
+fn job_spans(trace: &Path) -> Vec<(u64, String)> {
+    let text = fs::read_to_string(trace).expect("the trace");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the trace is JSON");
+    let mut spans: Vec<(u64, String)> = json["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["args"]["seq"].is_u64())
+        .map(|e| {
+            let ts = e["ts"].as_u64().expect("ts");
+            (ts, e["name"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    spans.sort();
+    spans
+}
+
+/// 476 MiB above a limit of 1 GiB, 4 slots: the room holds less than one limit's worth of
+/// memory per slot, so starts are paced: by jsrun's own clock (the trace), each job started
+/// at least 150 ms after the one before, though all 4 were ready at once.
+#[test]
+fn the_first_wave_is_paced_when_the_room_is_tight() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    memory.set(1500);
+    let trace = sandbox.join("trace.json");
+    let options = ["--trace", trace.to_str().unwrap()];
+    let ids = ["1", "2", "3", "4"];
+    let (running, _) = start_grow(&sandbox, &memory, &ids, &options);
+    release_all(&sandbox, &ids);
+    running.wait().success();
+    let spans = job_spans(&trace);
+    assert_eq!(spans.len(), 4, "{spans:?}");
+    for pair in spans.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= 150_000, "started {gap} µs apart: {spans:?}");
+    }
+}
+
+/// A cgroup v1 memory cgroup the test makes below its own, removed at the end.
+struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    /// `/sys/fs/cgroup/memory/<own>/jsrun-test-PID-N` with `limit` bytes (and as much with
+    /// swap); why not, where the machine cannot.
+    fn v1(limit: u64) -> Result<MemoryCgroup, String> {
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let path = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == "memory")
+                    .then_some(path)
+            })
+            .ok_or("no cgroup v1 memory controller")?;
+        let top = Path::new("/sys/fs/cgroup/memory");
+        let parent = top.join(path.trim_start_matches('/'));
+        if !parent.join("memory.limit_in_bytes").exists() {
+            return Err(format!("{} is not a memory cgroup here", parent.display()));
+        }
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!("jsrun-test-{}-{n}", std::process::id()));
+        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let cgroup = MemoryCgroup { dir };
+        let write = |file: &str| {
+            let path = cgroup.dir.join(file);
+            match path.exists() {
+                true => fs::write(&path, limit.to_string())
+                    .map_err(|e| format!("cannot write {}: {e}", path.display())),
+                false => Ok(()),
+            }
+        };
+        write("memory.limit_in_bytes")?;
+        write("memory.memsw.limit_in_bytes")?;
+        Ok(cgroup)
+    }
+
+    fn oom_kills(&self) -> u64 {
+        fs::read_to_string(self.dir.join("memory.oom_control"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty once every process in it has ended.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Two runner jobs that each take 160 MiB at once in a 256 MiB cgroup: faster than any
+/// look, so the OOM killer kills one (never jsrun); it runs again, alone, and succeeds.
+#[test]
+fn a_job_the_oom_killer_killed_runs_again_alone() {
+    let cgroup = match MemoryCgroup::v1(256 * 1024 * 1024) {
+        Ok(cgroup) => cgroup,
+        Err(why) => {
+            crate::util::machine_cannot(
+                "pause::a_job_the_oom_killer_killed_runs_again_alone",
+                &why,
+            );
+            return;
+        }
+    };
+    let sandbox = Sandbox::new();
+    let log = sandbox.log();
+    let grow = shell_words(&[
+        path_str(&example("grow")),
+        "--mib".into(),
+        "160".into(),
+        "--hold-ms".into(),
+        "500".into(),
+        "--log".into(),
+        path_str(log.path()),
+        "--id".into(),
+        "{}".into(),
+    ]);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} -v --stats -j2 --min-memory-avail=1M {grow} ::: 1 2",
+        cgroup.dir.display(),
+        path_str(&crate::util::jsrun_bin()),
+    );
+    let output = sandbox
+        .command("sh")
+        .args(["-c", &script])
+        .deadline(Duration::from_secs(60))
+        .run();
+    assert!(cgroup.oom_kills() >= 1, "no OOM kill: {}", output.report());
+    output
+        .success()
+        .stderr_contains("was killed by the OOM killer: it runs again alone")
+        .stderr_contains(", 1 run again after the OOM killer killed them");
+    let text = log.text();
+    let ends = text.lines().filter(|l| l.starts_with("end ")).count();
+    assert_eq!(ends, 2, "{text}");
+    // The run again started after the other job ended: alone.
+    let events: Vec<&str> = text.lines().filter_map(|l| l.split(' ').next()).collect();
+    let last_start = events.iter().rposition(|e| *e == "start").unwrap();
+    let first_end = events.iter().position(|e| *e == "end").unwrap();
+    assert_eq!(
+        events.iter().filter(|e| **e == "start").count(),
+        3,
+        "{text}"
+    );
+    assert!(first_end < last_start, "{text}");
 }

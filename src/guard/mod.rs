@@ -11,6 +11,7 @@
 //! /proc only while memory is short or near it, or a job is paused: otherwise the guard
 //! costs one reading of memory per look, as holding back does.
 
+pub mod oom;
 pub mod policy;
 pub mod tree;
 
@@ -41,6 +42,8 @@ pub struct Guard {
     verbose: bool,
     /// Interrupted: resume everything, pause nothing more.
     off: bool,
+    /// The OOM killer's counters and the jobs' oom_score_adj.
+    oom: oom::Oom,
     /// The most jobs paused at once, the time with one or more paused, and since when.
     pub most: usize,
     pub time: Duration,
@@ -68,13 +71,22 @@ struct Found {
 impl Guard {
     /// A guard for `limits`, when they include a memory limit. `clients_of`: the pool's
     /// file when jobs are to be found below its clients.
-    pub fn new(limits: &Limits, clients_of: Option<(u64, u64)>, verbose: bool) -> Option<Guard> {
+    /// `oom_counters`: the files that count the OOM killer's kills.
+    pub fn new(
+        limits: &Limits,
+        clients_of: Option<(u64, u64)>,
+        oom_counters: Vec<std::path::PathBuf>,
+        verbose: bool,
+    ) -> Option<Guard> {
         let thresholds = Thresholds {
             min_available: limits.min_memory_avail,
             max_pressure: limits.max_memory_pressure,
         };
+        let mut policy = Policy::new(thresholds);
+        // The run's start counts as a start: the first wave is paced from the first job.
+        policy.started(Instant::now());
         (thresholds.min_available.is_some() || thresholds.max_pressure.is_some()).then(|| Guard {
-            policy: Policy::new(thresholds),
+            policy,
             limits: thresholds,
             clients_of,
             paused: Vec::new(),
@@ -82,6 +94,7 @@ impl Guard {
             peaks: HashMap::new(),
             page: tree::page_size(),
             verbose,
+            oom: oom::Oom::new(oom_counters),
             off: false,
             most: 0,
             time: Duration::ZERO,
@@ -141,6 +154,21 @@ impl Guard {
     /// A job started (a token went out).
     pub fn started(&mut self, now: Instant) {
         self.policy.started(now);
+    }
+
+    /// A job of jsrun's own started: the OOM killer is to take it before jsrun.
+    pub fn adopt(&self, pid: i32) {
+        self.oom.adopt(pid);
+    }
+
+    /// A job of jsrun's own died of SIGKILL: whether the OOM killer killed it.
+    pub fn oom_killed(&mut self) -> bool {
+        self.oom.killed()
+    }
+
+    /// Jobs are jsrun's own (the runner), not found below clients.
+    pub fn runner(&self) -> bool {
+        self.clients_of.is_none()
     }
 
     pub fn has_paused(&self) -> bool {

@@ -86,6 +86,7 @@ impl<'a> Supervisor<'a> {
                     capture,
                 });
                 self.report.started(self.crew.jobs.len());
+                self.steer.started(Instant::now(), pid.as_raw());
             }
             // Out of processes (RLIMIT_NPROC), fds or memory while other jobs run: try
             // again when one of them has ended, rather than fail a job that could run.
@@ -158,6 +159,30 @@ impl<'a> Supervisor<'a> {
     /// already, fails a job that succeeded: 125, an error of jsrun's own), then booked.
     pub(super) fn ended(&mut self, ended: Ended) {
         self.short_of_resources = false;
+        if self.crew.jobs.is_empty() {
+            self.alone = false;
+        }
+        // Killed by the OOM killer: run once more, alone, unless this was that run.
+        if ended.signal == Some(Signal::SIGKILL)
+            && !self.verdict.halted()
+            && !self.reran.contains(&ended.job.seq)
+            && self.steer.oom_killed()
+        {
+            if let Some(capture) = ended.capture {
+                self.output.finish(capture, &ended.job);
+            }
+            if self.plan.verbose {
+                crate::say!(
+                    "jsrun: job {} ({}) was killed by the OOM killer: it runs again alone",
+                    ended.job.seq,
+                    ended.job.display()
+                );
+            }
+            self.reran.push(ended.job.seq);
+            self.report.oom_rerun();
+            self.rerun.push_back(ended.job);
+            return;
+        }
         let mut status = ended.status;
         if let Some(capture) = ended.capture
             && !self.output.finish(capture, &ended.job)

@@ -74,6 +74,12 @@ struct Supervisor<'a> {
     gather_deadline: Option<Instant>,
     /// A spawn failed for want of processes, fds or memory: wait for a job to end.
     short_of_resources: bool,
+    /// Jobs the OOM killer killed, to run once more, each alone.
+    rerun: std::collections::VecDeque<Job>,
+    /// A job runs again alone: start nothing else meanwhile.
+    alone: bool,
+    /// The jobs run again (by `seq`): never a third time.
+    reran: Vec<u64>,
     shortage_reported: bool,
 }
 
@@ -103,6 +109,9 @@ pub fn run(
         gather_deadline: None,
         short_of_resources: false,
         shortage_reported: false,
+        rerun: std::collections::VecDeque::new(),
+        alone: false,
+        reran: Vec::new(),
     };
     sup.run()?;
     Ok(Outcome {
@@ -146,7 +155,10 @@ impl Supervisor<'_> {
                 let (now, busy) = (Instant::now(), self.ledger.implicit_busy());
                 self.steer.tick(now, busy, &self.crew.jobs, self.report);
             }
-            let feed_done = self.plan.feed.is_done() && self.pending.is_none() && !self.plan.serve;
+            let feed_done = self.plan.feed.is_done()
+                && self.pending.is_none()
+                && self.rerun.is_empty()
+                && !self.plan.serve;
             if self.crew.jobs.is_empty()
                 && (self.verdict.halted() || feed_done)
                 && (self.output.is_empty() || self.verdict.interrupted().is_some())
@@ -171,6 +183,16 @@ impl Supervisor<'_> {
             && !self.output.backlogged()
             && self.crew.jobs.len() < most
         {
+            if self.alone || (!self.rerun.is_empty() && !self.crew.jobs.is_empty()) {
+                // A job the OOM killer killed runs again when it can run alone.
+                break;
+            }
+            if self.pending.is_none()
+                && let Some(job) = self.rerun.pop_front()
+            {
+                self.alone = true;
+                self.pending = Some(job);
+            }
             if self.pending.is_none() {
                 match self.plan.feed.next(self.crew.free_number()) {
                     Next::Job(mut job) => {
@@ -275,6 +297,7 @@ impl Supervisor<'_> {
                 sig => {
                     self.verdict.interrupt(sig);
                     self.pending = None;
+                    self.rerun.clear();
                     // Paused jobs are resumed first: a stopped process acts on no signal.
                     self.steer.resume_all(Instant::now(), self.report);
                     self.crew.signal(sig);
