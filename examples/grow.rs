@@ -1,20 +1,19 @@
 //! A job that grows its memory over time, like a compiler on a large file, for the memory
 //! guard's tests and benchmarks: it allocates and touches `--mib` MiB evenly over
-//! `--secs` seconds (after `--idle-ms` of work with no memory, like the compile before a
-//! link), then holds them, touching its pages again every `--tick-ms` (so that
+//! `--secs` seconds, then holds them, touching its pages again every `--tick-ms` (so that
 //! its CPU time grows while it runs, as a working job's does), until `--until FILE`
 //! exists or `--hold-ms` has passed.
 //!
 //! ```text
-//! grow [--mib MIB] [--secs S] [--idle-ms MS] [--hold-ms MS | --until FILE]
-//!      [--lock FILE [--after FILE]]
-//!      [--log FILE] [--id ID] [--tick-ms MS] [--deadline-ms MS]
+//! grow [--mib MIB] [--secs S] [--hold-ms MS | --until FILE] [--lock FILE [--after FILE]]
+//!      [--delay-ms MS] [--log FILE] [--id ID] [--tick-ms MS] [--deadline-ms MS]
 //! ```
 //! `--lock FILE`: takes an exclusive `flock` on FILE first (waiting for it, with no CPU)
-//! and holds it to the end; with `--after FILE`, only once FILE exists. Log lines:
+//! and holds it to the end; with `--after FILE`, only once FILE exists. `--delay-ms`: waits
+//! that long (working) before it grows. Log lines:
 //! `start`, `locked` (with --lock), `grown`, `end`. At most 2048 MiB. After
 //! `--deadline-ms` (default 30 s) it gives up holding and ends, so it never hangs a test.
-//! Idling and growing are counted in ticks, not read from the clock: a job that was
+//! The delay and the growth are counted in ticks, not read from the clock: a job that was
 //! stopped (SIGSTOP) goes on where it was when it is resumed, as a compiler does, instead
 //! of catching up in one burst.
 
@@ -59,11 +58,11 @@ impl Job {
 fn main() {
     let mut mib = 0usize;
     let mut secs = 0f64;
-    let mut idle_ms = 0u64;
     let mut hold_ms = None;
     let mut until = None;
     let mut lock = None;
     let mut after = None;
+    let mut delay = Duration::ZERO;
     let mut job = Job {
         log: None,
         id: String::from("grow"),
@@ -75,11 +74,11 @@ fn main() {
         match option.as_str() {
             "--mib" => mib = args.number(&option),
             "--secs" => secs = args.number(&option),
-            "--idle-ms" => idle_ms = args.number(&option),
             "--hold-ms" => hold_ms = Some(args.number::<u64>(&option)),
             "--until" => until = Some(PathBuf::from(args.value(&option))),
             "--lock" => lock = Some(PathBuf::from(args.value(&option))),
             "--after" => after = Some(PathBuf::from(args.value(&option))),
+            "--delay-ms" => delay = Duration::from_millis(args.number(&option)),
             "--log" => job.log = Some(PathBuf::from(args.value(&option))),
             "--id" => job.id = args.value(&option),
             "--tick-ms" => job.tick = Duration::from_millis(args.number(&option)),
@@ -109,9 +108,9 @@ fn main() {
         locked
     });
     let tick_ms = job.tick.as_millis().max(1);
-    for _ in 0..u128::from(idle_ms) / tick_ms {
+    for _ in 0..delay.as_millis().div_ceil(tick_ms) {
         Job::work(&mut []);
-        std::thread::sleep(job.tick);
+        std::thread::sleep(job.tick.min(delay));
     }
     // Grown in steps of one tick each.
     let mut memory: Vec<u8> = Vec::with_capacity(mib << 20);

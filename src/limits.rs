@@ -449,6 +449,22 @@ impl Probe {
         std::iter::once(vmstat).chain(cgroups).collect()
     }
 
+    /// The cgroup v1 memory cgroups with a limit, and the limit (bytes), read now: where
+    /// the kernel can say when usage crosses a mark (`cgroup.event_control`).
+    pub fn v1_limits(&self) -> Vec<(PathBuf, u64)> {
+        self.levels
+            .iter()
+            .filter(|(limit, _)| {
+                limit.path.file_name() == Some(OsStr::new("memory.limit_in_bytes"))
+            })
+            .filter_map(|(limit, _)| {
+                let text = std::fs::read(&limit.path).ok()?;
+                let bytes = parse_cgroup_limit(&text)??;
+                Some((limit.path.parent()?.to_owned(), bytes))
+            })
+            .collect()
+    }
+
     /// Keeps each file open once read, and reads it again at offset 0: for the kernel's
     /// files, which are produced afresh by each read from the start and never replaced.
     pub fn keep_files_open(mut self) -> Probe {

@@ -76,14 +76,13 @@ impl<'p> Steer<'p> {
                 let file = nix::sys::stat::fstat(client.fd()).ok();
                 let counters = probe.as_ref().map(Probe::oom_counters);
                 let counters = counters.unwrap_or_default();
-                match (pausing.below_clients, file) {
-                    (false, _) => Guard::new(&limits, None, counters, verbose),
-                    (true, Some(stat)) => {
-                        let pool = Some((stat.st_dev, stat.st_ino));
-                        Guard::new(&limits, pool, counters, verbose)
-                    }
+                let v1 = probe.as_ref().map(Probe::v1_limits).unwrap_or_default();
+                let pool = match (pausing.below_clients, file) {
+                    (false, _) => Some(None),
+                    (true, Some(stat)) => Some(Some((stat.st_dev, stat.st_ino))),
                     (true, None) => None,
-                }
+                };
+                pool.and_then(|pool| Guard::new(&limits, pool, counters, &v1, verbose))
             }
             _ => None,
         };
@@ -156,6 +155,9 @@ impl<'p> Steer<'p> {
         let Some(limiter) = &mut self.limiter else {
             return;
         };
+        if self.guard.as_ref().is_some_and(Guard::crossed) {
+            limiter.next_check = now;
+        }
         if now < limiter.next_check {
             return;
         }
@@ -202,8 +204,14 @@ impl<'p> Steer<'p> {
         }
     }
 
-    /// One of jsrun's own jobs ended: with a job paused, look again at once.
+    /// One of jsrun's own jobs ended: its peak is learnt, and with a job paused, jsrun looks
+    /// again at once.
     pub fn job_ended(&mut self, now: Instant) {
+        if let Some(guard) = &mut self.guard
+            && guard.runner()
+        {
+            guard.reaped();
+        }
         if self.guard.as_ref().is_some_and(Guard::has_paused)
             && let Some(limiter) = &mut self.limiter
         {
@@ -267,6 +275,7 @@ impl<'p> Steer<'p> {
             .then(|| self.pool.client().map(|c| c.fd()))
             .flatten();
         let bridge = self.pool.bridge();
+        let marks = self.guard.iter().flat_map(Guard::mark_fds);
         [
             governor.and_then(Governor::watch_fd),
             holding,
@@ -275,6 +284,7 @@ impl<'p> Steer<'p> {
         ]
         .into_iter()
         .flatten()
+        .chain(marks)
     }
 
     /// SIGUSR1 (`grow`) or SIGUSR2 on a pool of jsrun's own: its new size; `None` when

@@ -275,9 +275,12 @@ fn the_last_running_job_ending_resumes_a_paused_one_even_while_short() {
     let sandbox = Sandbox::new();
     let mut memory = Memory::new(&sandbox);
     let (mut running, p) = start_grow(&sandbox, &memory, &["1", "2"], &[]);
-    // The OOM killer takes a job before jsrun.
+    // The OOM killer takes a job before jsrun: jsrun's children (the jobs' shells) are
+    // raised at once. (What a shell forks in the same moment may miss the raise.)
     let jsrun = oom_score_adj(running.pid());
-    assert!(p.iter().all(|&pid| oom_score_adj(pid) > jsrun));
+    let shells = children(running.pid());
+    assert_eq!(shells.len(), 2);
+    assert!(shells.iter().all(|&pid| oom_score_adj(pid) > jsrun));
     fall_until_paused(&mut running, &mut memory, "job 2 to be paused", p[1]);
     assert!(!paused(p[0]));
     // Memory stays short; job 1 ends.
@@ -390,23 +393,38 @@ fn no_pause_only_holds_back() {
 
 /// A makefile of three recipes that each run `grow`, under `jsrun -j3 MIN -- MAKE`: the
 /// recipes are paused as whole trees, youngest first; make itself never.
-fn recipes_are_paused_as_trees_and_make_never(make: &Path) {
-    let sandbox = Sandbox::new();
-    let mut memory = Memory::new(&sandbox);
-    let mut makefile = String::from("all: a b c\n");
-    for id in ["a", "b", "c"] {
-        // A shell around grow: the job is the tree of both.
-        let line = grow(&sandbox, id, &[]);
+/// A makefile whose target `all` needs one target per id, each running `grow` (through a
+/// shell: the job is the tree of both) with `extra`; `jsrun -v --stats -jN MIN OPTIONS --
+/// MAKE` started on it.
+fn start_make(
+    sandbox: &Sandbox,
+    memory: &Memory,
+    make: &Path,
+    ids: &[&str],
+    extra: &[String],
+    options: &[&str],
+) -> Running {
+    let mut makefile = format!("all: {}\n", ids.join(" "));
+    for id in ids {
+        let line = grow(sandbox, id, extra);
         makefile += &format!("{id}:\n\t{line} && true\n");
     }
     sandbox.write("Makefile", makefile);
-    let mut running = sandbox
+    sandbox
         .jsrun()
         .env("JSRUN_PROC_DIR", &memory.dir)
-        .args(["-v", "--stats", "-j3", MIN, "--"])
+        .args(["-v", "--stats", &format!("-j{}", ids.len()), MIN])
+        .args(options)
+        .arg("--")
         .arg(make)
         .deadline(Duration::from_secs(40))
-        .spawn();
+        .spawn()
+}
+
+fn recipes_are_paused_as_trees_and_make_never(make: &Path) {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let mut running = start_make(&sandbox, &memory, make, &["a", "b", "c"], &[], &[]);
     let jsrun = running.pid();
     let p = pids(&mut running, &["a", "b", "c"]);
     let make_pid = children(jsrun)[0];
@@ -588,8 +606,11 @@ impl Drop for MemoryCgroup {
     }
 }
 
-/// Two runner jobs that each take 160 MiB at once in a 256 MiB cgroup: faster than any
-/// look, so the OOM killer kills one (never jsrun); it runs again, alone, and succeeds.
+/// In a 256 MiB cgroup, job 2 takes 100 MiB at once and holds it for 3 s; job 1, 300 ms
+/// later, takes 200 MiB. However the guard acts (it can pause only job 2, the younger,
+/// which keeps its 100 MiB), the two do not fit, and the kernel finds nothing to reclaim
+/// for 2.7 s: the OOM killer kills one (never jsrun), and it runs again, alone, and
+/// succeeds.
 #[test]
 fn a_job_the_oom_killer_killed_runs_again_alone() {
     let cgroup = match MemoryCgroup::v1(256 * 1024 * 1024) {
@@ -604,21 +625,35 @@ fn a_job_the_oom_killer_killed_runs_again_alone() {
     };
     let sandbox = Sandbox::new();
     let log = sandbox.log();
-    let grow = shell_words(&[
-        path_str(&example("grow")),
-        "--mib".into(),
-        "160".into(),
-        "--hold-ms".into(),
-        "500".into(),
-        "--log".into(),
-        path_str(log.path()),
-        "--id".into(),
-        "{}".into(),
-    ]);
+    let line = |id: &str, mib: &str, delay: &str, hold: &str| {
+        let words = [
+            path_str(&example("grow")),
+            "--mib".into(),
+            mib.into(),
+            "--delay-ms".into(),
+            delay.into(),
+            "--hold-ms".into(),
+            hold.into(),
+            "--log".into(),
+            path_str(log.path()),
+            "--id".into(),
+            id.into(),
+        ];
+        format!("exec {}", shell_words(&words))
+    };
+    let jobs = sandbox.write(
+        "jobs",
+        format!(
+            "{}\n{}\n",
+            line("1", "200", "300", "500"),
+            line("2", "100", "0", "3000")
+        ),
+    );
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {} -v --stats -j2 --min-memory-avail=1M {grow} ::: 1 2",
+        "echo $$ > {}/cgroup.procs && exec {} -v --stats -j2 --min-memory-avail=1M :::: {}",
         cgroup.dir.display(),
         path_str(&crate::util::jsrun_bin()),
+        path_str(&jobs),
     );
     let output = sandbox
         .command("sh")
@@ -629,7 +664,7 @@ fn a_job_the_oom_killer_killed_runs_again_alone() {
     output
         .success()
         .stderr_contains("was killed by the OOM killer: it runs again alone")
-        .stderr_contains(", 1 run again after the OOM killer killed them");
+        .stderr_contains(" run again after the OOM killer killed them");
     let text = log.text();
     let ends = text.lines().filter(|l| l.starts_with("end ")).count();
     assert_eq!(ends, 2, "{text}");
@@ -643,4 +678,47 @@ fn a_job_the_oom_killer_killed_runs_again_alone() {
         "{text}"
     );
     assert!(first_end < last_start, "{text}");
+}
+
+/// make 4.4.1 with 4 ready targets in a pool of 4, the room tight (476 MiB above a 1 GiB
+/// minimum): jsrun holds the 3 tokens from its first look, before make could take them,
+/// and lets them out one at a time, at least 150 ms apart by jsrun's own clock (the trace's
+/// `held back` track).
+#[test]
+fn make_s_first_wave_is_paced() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    memory.set(1500);
+    let trace = sandbox.join("trace.json");
+    let ids = ["a", "b", "c", "d"];
+    let extra = ["--hold-ms".to_owned(), "300".to_owned()];
+    let options = ["--trace", trace.to_str().unwrap()];
+    let make = crate::util::make44();
+    // Each recipe holds for 300 ms (no release file is written).
+    let running = start_make(&sandbox, &memory, &make, &ids, &extra, &options);
+    running.wait().success();
+    let text = fs::read_to_string(&trace).expect("the trace");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the trace is JSON");
+    let held: Vec<(u64, u64)> = json["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .iter()
+        .filter(|e| e["ph"] == "C" && e["name"] == "held back")
+        .filter_map(|e| Some((e["ts"].as_u64()?, e["args"]["held back"].as_u64()?)))
+        .collect();
+    assert_eq!(held.iter().map(|h| h.1).max(), Some(3), "{held:?}");
+    let start = held.iter().position(|h| h.1 == 3).unwrap();
+    let releases: Vec<u64> = held[start..]
+        .windows(2)
+        .filter(|w| w[1].1 < w[0].1)
+        .map(|w| w[1].0)
+        .collect();
+    assert!(releases.len() >= 3, "{held:?}");
+    for pair in releases.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 150_000,
+            "released {} µs apart: {held:?}",
+            pair[1] - pair[0]
+        );
+    }
 }

@@ -6,11 +6,13 @@
 //!
 //! A job is a process tree below a client of the pool. In the runner, each of jsrun's own
 //! jobs. Under `jsrun -jN -- CMD`, a child of a process that holds the pool open (make,
-//! a sub-make, ninja, a `+jsrun` recipe) that does not hold it itself; processes between
-//! jsrun and the first client (`sh -c make`) are passed through. The trees are read from
+//! a sub-make, ninja, cargo, a `+jsrun` recipe) that does not hold it itself, or holds it
+//! but has no child (rustc under cargo); processes between jsrun and the first client
+//! (`sh -c make`) are passed through. The trees are read from
 //! /proc only while memory is short or near it, or a job is paused: otherwise the guard
 //! costs one reading of memory per look, as holding back does.
 
+pub mod notify;
 pub mod oom;
 pub mod policy;
 pub mod tree;
@@ -44,6 +46,8 @@ pub struct Guard {
     off: bool,
     /// The OOM killer's counters and the jobs' oom_score_adj.
     oom: oom::Oom,
+    /// The kernel's word that usage crossed a mark.
+    marks: notify::Marks,
     /// The most jobs paused at once, the time with one or more paused, and since when.
     pub most: usize,
     pub time: Duration,
@@ -71,11 +75,13 @@ struct Found {
 impl Guard {
     /// A guard for `limits`, when they include a memory limit. `clients_of`: the pool's
     /// file when jobs are to be found below its clients.
-    /// `oom_counters`: the files that count the OOM killer's kills.
+    /// `oom_counters`: the files that count the OOM killer's kills; `v1_limits`: the cgroup
+    /// v1 memory cgroups with a limit, for marks.
     pub fn new(
         limits: &Limits,
         clients_of: Option<(u64, u64)>,
         oom_counters: Vec<std::path::PathBuf>,
+        v1_limits: &[(std::path::PathBuf, u64)],
         verbose: bool,
     ) -> Option<Guard> {
         let thresholds = Thresholds {
@@ -95,6 +101,10 @@ impl Guard {
             page: tree::page_size(),
             verbose,
             oom: oom::Oom::new(oom_counters),
+            marks: thresholds
+                .min_available
+                .map(|min| notify::Marks::new(v1_limits, min))
+                .unwrap_or_default(),
             off: false,
             most: 0,
             time: Duration::ZERO,
@@ -128,8 +138,19 @@ impl Guard {
                 cpu: f.cpu,
             })
             .collect();
-        // Paused jobs that are gone (killed from outside) are forgotten.
-        self.paused.retain(|p| found.iter().any(|f| f.key == p.key));
+        // A paused job no longer found (killed from outside, or its make died and it was
+        // reparented away) is continued, in case it lives on, and forgotten.
+        let (kept, lost): (Vec<Paused>, Vec<Paused>) = std::mem::take(&mut self.paused)
+            .into_iter()
+            .partition(|p| found.iter().any(|f| f.key == p.key));
+        self.paused = kept;
+        for paused in &lost {
+            tree::resume(paused.key.0, &paused.stopped);
+        }
+        if !lost.is_empty() {
+            self.book(now);
+            report.counter("jobs paused", self.paused.len());
+        }
         match self.policy.decide(now, &views) {
             Some(Action::Pause(i)) => self.pause(now, &found[i as usize], sample, report),
             Some(Action::Resume(i, why)) => {
@@ -156,6 +177,16 @@ impl Guard {
         self.policy.started(now);
     }
 
+    /// The descriptors that say memory crossed a mark: poll them for reading.
+    pub fn mark_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
+        self.marks.fds()
+    }
+
+    /// Whether memory crossed a mark since the last call: look at once.
+    pub fn crossed(&self) -> bool {
+        self.marks.crossed()
+    }
+
     /// A job of jsrun's own started: the OOM killer is to take it before jsrun.
     pub fn adopt(&self, pid: i32) {
         self.oom.adopt(pid);
@@ -164,6 +195,18 @@ impl Guard {
     /// A job of jsrun's own died of SIGKILL: whether the OOM killer killed it.
     pub fn oom_killed(&mut self) -> bool {
         self.oom.killed()
+    }
+
+    /// One of jsrun's own jobs ended and was reaped: the largest resident set of a process
+    /// jsrun (or a job) waited for, `getrusage(RUSAGE_CHILDREN)`'s `ru_maxrss`, teaches
+    /// the footprint of a job, even when no scan saw it.
+    pub fn reaped(&mut self) {
+        if let Ok(usage) =
+            nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        {
+            let kib = u64::try_from(usage.max_rss()).unwrap_or(0);
+            self.policy.ended(kib * 1024);
+        }
     }
 
     /// Jobs are jsrun's own (the runner), not found below clients.
@@ -212,11 +255,13 @@ impl Guard {
         found
     }
 
-    /// Jobs below `pid`: a client's children that are not clients are jobs; processes
-    /// not under a client yet are passed through.
+    /// Jobs below `pid`: a client's children that are not clients are jobs, and so are
+    /// its children that are clients with no child of their own (a rustc under cargo, which
+    /// holds the pool itself); processes not under a client yet are passed through.
     fn walk(&mut self, pid: i32, under_client: bool, pool: (u64, u64), found: &mut Vec<Found>) {
         let client = crate::sys::holds(pid as u32, pool);
-        if under_client && !client {
+        let children = tree::children(pid);
+        if under_client && (!client || children.is_empty()) {
             let Some(stat) = tree::stat(pid) else {
                 return;
             };
@@ -235,7 +280,7 @@ impl Guard {
             });
             return;
         }
-        for child in tree::children(pid) {
+        for child in children {
             self.walk(child, under_client || client, pool, found);
         }
     }

@@ -56,9 +56,12 @@ impl Oom {
         }
         let value = value.to_string();
         let raise = |p: i32| std::fs::write(format!("/proc/{p}/oom_score_adj"), &value);
+        // Twice: a process forked while the first scan ran shows up in the second.
         if raise(pid).is_ok() {
-            for p in super::tree::descendants(pid).into_iter().skip(1) {
-                let _ = raise(p);
+            for _ in 0..2 {
+                for p in super::tree::descendants(pid).into_iter().skip(1) {
+                    let _ = raise(p);
+                }
             }
         }
     }

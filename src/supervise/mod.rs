@@ -183,6 +183,11 @@ impl Supervisor<'_> {
             && !self.output.backlogged()
             && self.crew.jobs.len() < most
         {
+            if self.alone && self.crew.jobs.is_empty() && self.pending.is_none() {
+                // The job run again alone never started (its spawn failed, or it was
+                // dropped): others may start.
+                self.alone = false;
+            }
             if self.alone || (!self.rerun.is_empty() && !self.crew.jobs.is_empty()) {
                 // A job the OOM killer killed runs again when it can run alone.
                 break;
