@@ -16,6 +16,7 @@ mod faults;
 mod fuzz;
 mod govern;
 mod make;
+mod memcg;
 mod observe;
 mod output;
 mod pause;
