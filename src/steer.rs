@@ -253,12 +253,17 @@ impl<'p> Steer<'p> {
     /// Whether jsrun's own jobs may take tokens: not while its pool is held back.
     /// While the memory guard paces starts, not before it lets the next one start.
     pub fn may_take(&self) -> bool {
+        self.governor.as_ref().is_none_or(Governor::may_take) && self.guard_may_start()
+    }
+
+    /// Whether the memory guard lets one of jsrun's own jobs start now, in a token or in
+    /// the implicit slot: not while a job is paused (it resumes first), nor before the
+    /// pace allows. A job paused with none running is resumed, so this never stalls.
+    pub fn guard_may_start(&self) -> bool {
         let slots = self.governor.as_ref().map_or(1, Governor::slots);
-        self.governor.as_ref().is_none_or(Governor::may_take)
-            && self
-                .guard
-                .as_ref()
-                .is_none_or(|g| g.may_start(Instant::now(), slots))
+        self.guard
+            .as_ref()
+            .is_none_or(|g| g.may_start(Instant::now(), slots))
     }
 
     /// One of jsrun's own jobs started, as process `pid`.

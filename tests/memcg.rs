@@ -411,25 +411,28 @@ fn a_job_larger_than_the_limit_fails_and_the_build_ends() {
 
 /// No new job starts while a job is paused: the paused ones are the oldest, and memory
 /// that comes back is theirs first (they resume oldest first). `jsrun -j8
-/// --min-memory-avail=64M --trace T -- make -k` of 12 jobs growing to 60 MiB in 256 MiB:
-/// every `start` the jobs log (CLOCK_REALTIME, turned into jsrun's CLOCK_MONOTONIC) falls
-/// where the trace's `jobs paused` track is 0.
+/// --min-memory-avail=64M --trace T grow ... ::: 1..12` of 12 jobs that idle 0.6 s, then
+/// grow to 60 MiB, in 256 MiB: every `start` the jobs log (CLOCK_REALTIME, turned into jsrun's
+/// CLOCK_MONOTONIC) falls where the trace's `jobs paused` track is 0. The runner's starts
+/// are jsrun's own; under make, make's implicit slot starts a job without a token, and a
+/// token make gives back races jsrun's hold (README: what pausing cannot do).
 #[test]
-#[ignore = "the guard starts new jobs while older ones stay paused (see the commit)"]
 fn guard_starts_no_new_job_while_one_is_paused() {
     each_version(
         "memcg::guard_starts_no_new_job_while_one_is_paused",
         |cg, sandbox| {
-            let jobs: Vec<Vec<String>> = (1..=12)
-                .map(|id| job(sandbox, &id.to_string(), JOB_MB, &[]))
-                .collect();
-            makefile(sandbox, &jobs);
             let trace = sandbox.str("trace.json");
-            let words = [
-                "-j8", MIN_AVAIL, "--stats", "--trace", &trace, "--", "make", "-k",
-            ];
+            let mut words = ["-j8", "-k", MIN_AVAIL, "--stats", "--trace", &trace]
+                .map(String::from)
+                .to_vec();
+            // Jobs that idle for a while before they grow (a link at the end): the pace sees
+            // no fall at their start, so they start side by side and the guard must pause.
+            let late = ["--delay-ms", "600", "--hold-ms", "200"];
+            words.extend(job(sandbox, "{}", JOB_MB, &late));
+            words.push(":::".into());
+            words.extend((1..=12).map(|i| i.to_string()));
             let offset = epoch_minus_monotonic_us();
-            let out = jsrun_in(cg, sandbox, &words.map(String::from));
+            let out = jsrun_in(cg, sandbox, &words);
             out.success();
             assert_eq!(cg.oom_kills(), 0, "OOM kills\n{}", out.report());
             let json: serde_json::Value =

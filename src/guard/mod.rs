@@ -180,9 +180,9 @@ impl Guard {
         self.policy.next_look()
     }
 
-    /// Whether a new job may start now in a pool of `slots`.
+    /// Whether a new job may start now in a pool of `slots`: none while a job is paused.
     pub fn may_start(&self, now: Instant, slots: usize) -> bool {
-        self.policy.may_start(now, slots)
+        self.policy.may_start(now, slots, !self.paused.is_empty())
     }
 
     /// A job started (a token went out).

@@ -15,6 +15,7 @@
 //! - **Resume anyway** the oldest paused job when no job runs any more, or when the running
 //!   jobs made no progress (their CPU time did not grow) for [`STALL`]: they may wait for a
 //!   paused one (a lock, a pipe). No pause follows for [`STALL`] after such a resume.
+//! - **Start nothing new** while a job is paused: the paused job is resumed first.
 //! - **Pace** new starts while the room above the minimum is less than one footprint per slot
 //!   (the largest peak of a job that ended, else the minimum itself): a start at most every
 //!   [`PACE`], and none while the trend since the last start would use the room within
@@ -279,9 +280,11 @@ impl Policy {
         self.last_start = Some((now, self.last.available));
     }
 
-    /// Whether a new job may start now in a pool of `slots`.
-    pub fn may_start(&self, now: Instant, slots: usize) -> bool {
-        if self.short() {
+    /// Whether a new job may start now in a pool of `slots`; `paused`: a job is paused.
+    /// A paused job comes first: it holds its memory and its slot, and a job started
+    /// beside it would take the room it needs to run on.
+    pub fn may_start(&self, now: Instant, slots: usize, paused: bool) -> bool {
+        if paused || self.short() {
             return false;
         }
         let (Some(room), Some(min)) = (self.room(), self.limits.min_available) else {
@@ -536,27 +539,39 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         policy.sample(at(0), mib(2048));
-        assert!(policy.may_start(at(0), 8));
+        assert!(policy.may_start(at(0), 8, false));
         policy.started(at(0));
         assert!(
-            !policy.may_start(at(50), 8),
+            !policy.may_start(at(50), 8, false),
             "within PACE of the last start"
         );
         // 100 MiB gone in 200 ms: 1436 MiB of room lasts 2.9 s at that rate.
         policy.sample(at(200), mib(1948));
-        assert!(policy.may_start(at(200), 8));
+        assert!(policy.may_start(at(200), 8, false));
         policy.started(at(200));
         // 300 MiB more in 200 ms: 1136 MiB lasts 0.76 s, below the horizon.
         policy.sample(at(400), mib(1648));
-        assert!(!policy.may_start(at(400), 8));
+        assert!(!policy.may_start(at(400), 8, false));
         // Short: never.
         policy.sample(at(900), mib(500));
-        assert!(!policy.may_start(at(900), 8));
+        assert!(!policy.may_start(at(900), 8, false));
         // Jobs of 10 MiB ended: 8 of them fit the room, no pacing.
         policy.ended(10 * MIB);
         policy.sample(at(1000), mib(1648));
         policy.started(at(1000));
-        assert!(policy.may_start(at(1001), 8));
+        assert!(policy.may_start(at(1001), 8, false));
+    }
+
+    #[test]
+    fn nothing_starts_while_a_job_is_paused() {
+        let mut policy = memory(512);
+        let now = Instant::now();
+        policy.sample(now, mib(8192));
+        assert!(policy.may_start(now, 4, false));
+        assert!(
+            !policy.may_start(now, 4, true),
+            "a paused job is resumed before anything new starts"
+        );
     }
 
     #[test]
@@ -566,7 +581,7 @@ mod tests {
         policy.sample(now, mib(8192));
         policy.started(now);
         assert!(
-            policy.may_start(now, 4),
+            policy.may_start(now, 4, false),
             "7 GiB of room holds 4 jobs of 1 GiB"
         );
         let mut pressure = Policy::new(Thresholds {
@@ -581,7 +596,7 @@ mod tests {
             },
         );
         pressure.started(now);
-        assert!(pressure.may_start(now, 8));
+        assert!(pressure.may_start(now, 8, false));
     }
 
     #[test]

@@ -219,7 +219,8 @@ impl Supervisor<'_> {
                 }
                 break;
             }
-            if self.steer.own_jobs_limited() && !self.crew.jobs.is_empty() {
+            let held = self.steer.own_jobs_limited() || !self.steer.guard_may_start();
+            if held && !self.crew.jobs.is_empty() {
                 break;
             }
             let Some(slots) = self.gather_slots(&mut wants) else {
