@@ -7,7 +7,7 @@
 //!
 //! Slots come from the [`Ledger`]; a job's [`Held`] slots go back when the job is gone.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -236,7 +236,7 @@ impl Supervisor<'_> {
 
     fn wait(&mut self, wants: &Wants) -> Result<()> {
         let mut set = PollSet::default();
-        set.add(Some(self.signals.fd()), PollFlags::POLLIN);
+        let signals = set.add(Some(self.signals.fd()), PollFlags::POLLIN);
         let token = self.ledger.fd().filter(|_| wants.token);
         set.add(token, PollFlags::POLLIN);
         let source = set.add(
@@ -246,9 +246,11 @@ impl Supervisor<'_> {
         let sink = set.add(self.output.waiting_for(), PollFlags::POLLOUT);
         // jsrun's own messages waiting for stderr to take them.
         set.add(crate::say::waiting(), PollFlags::POLLOUT);
-        for fd in self.steer.fds() {
-            set.add(Some(fd), PollFlags::POLLIN);
-        }
+        let steered: Vec<(RawFd, Option<usize>)> = self
+            .steer
+            .fds()
+            .map(|fd| (fd.as_raw_fd(), set.add(Some(fd), PollFlags::POLLIN)))
+            .collect();
         // A heavy job holding part of its set: a token written back to the pool.
         let came_back = set.add(self.gather.watch_fd(), PollFlags::POLLIN);
         // A full queue drains no pipe: jobs wait on their own pipes, not in jsrun's memory.
@@ -269,12 +271,19 @@ impl Supervisor<'_> {
         set.poll(deadline)?;
         let (source_ready, sink_ready) = (set.ready(source), set.ready(sink));
         let came_back = set.ready(came_back);
+        let signalled = set.ready(signals);
+        let steered: Vec<RawFd> = steered
+            .into_iter()
+            .filter(|(_, at)| set.ready(*at))
+            .map(|(fd, _)| fd)
+            .collect();
         let ready_outputs: Vec<usize> = outputs
             .iter()
             .filter(|(_, at)| set.ready(*at))
             .map(|(i, _)| *i)
             .collect();
         drop(set);
+        self.steer.woke(&steered);
         if came_back {
             self.gather.came_back(Instant::now());
         }
@@ -295,7 +304,13 @@ impl Supervisor<'_> {
             self.plan.feed.close();
             self.stop(Status::USAGE);
         }
-        self.handle_signals()
+        // The signalfd is read only when the poll found it readable (a read that finds
+        // nothing costs a system call on every wake-up of a busy daemon).
+        if signalled {
+            return self.handle_signals();
+        }
+        self.check_output();
+        Ok(())
     }
 
     /// Acts on every signal that has come: child exits, interrupts, resizing.
