@@ -793,3 +793,82 @@ fn a_user_without_root_serves_through_fusermount3() {
     assert_eq!(log.finished(), values(4), "{}", log.dump());
     assert_eq!(log.peak(), 2, "{}", log.dump());
 }
+
+/// `--trace` on an accounting pool: the `slots in use` and `held back` counter tracks of
+/// the daemon's pid follow the holders, event by event: up to 2 taken, 3, one given back
+/// (2), the holder of 2 killed and its tokens taken back (0).
+#[test]
+fn the_trace_tracks_follow_the_holders_of_the_token_file() {
+    if !fuse_here() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let trace = sandbox.join("trace.json");
+    let (mut running, path, _mount) = serve(&sandbox, 3, &["--trace", &path_str(&trace)]);
+    let pid = running.pid() as u64;
+    let two = holder(&sandbox, &path, 2, "two");
+    let mut one = holder(&sandbox, &path, 1, "one");
+    give_back(&sandbox, &mut one, "one");
+    two.signal(libc::SIGKILL);
+    drop(two.wait());
+    running.wait_until("the killed holder's tokens back", || {
+        account(&path).free == 3
+    });
+    running.signal(libc::SIGTERM);
+    let output = running.wait();
+    output.success().stderr_contains("ended holding 2 tokens");
+    let counters = crate::govern::counters(&trace);
+    let track = |name: &str| -> Vec<u64> {
+        let mut values: Vec<u64> = Vec::new();
+        for c in counters.iter().filter(|c| c.name == name) {
+            assert_eq!(c.pid, pid, "{c:?}");
+            if values.last() != Some(&c.value) {
+                values.push(c.value);
+            }
+        }
+        values
+    };
+    // Both reads of one holder may be served in one wake-up: 1 need not show on its own.
+    let in_use = track("slots in use");
+    let climb = &in_use[..in_use.len().saturating_sub(2)];
+    assert!(
+        in_use.ends_with(&[3, 2, 0])
+            && climb.first() == Some(&0)
+            && climb.windows(2).all(|w| w[0] < w[1]),
+        "{in_use:?}\n{counters:?}\n{}",
+        output.report()
+    );
+    assert_eq!(track("held back"), [0], "{counters:?}");
+}
+
+/// `--weight` under a token file: the advisory lock that serialises jsruns gathering
+/// slots works on the FUSE file (a second open file cannot take it while the first holds
+/// it), and three `+jsrun --weight=3` recipes under make -j4 on the pool all run, one at a
+/// time, every token back.
+#[test]
+fn heavy_jobs_gather_their_slots_from_the_token_file_one_at_a_time() {
+    if !fuse_here() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path, _mount) = serve(&sandbox, 3, &[]);
+    let open = || fs::OpenOptions::new().read(true).open(&path).unwrap();
+    let first = nix::fcntl::Flock::lock(open(), nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .unwrap_or_else(|(_, e)| panic!("flock on the token file: {e}"));
+    let second = nix::fcntl::Flock::lock(open(), nix::fcntl::FlockArg::LockExclusiveNonblock);
+    assert!(
+        matches!(second, Err((_, nix::errno::Errno::EWOULDBLOCK))),
+        "a second lock on the token file was not refused"
+    );
+    drop(first);
+    crate::weight::heavy_recipes(&sandbox);
+    let make = sandbox
+        .command(make44())
+        .env("MAKEFLAGS", makeflags(4, &path))
+        .run();
+    crate::weight::ran_one_at_a_time(&sandbox, &make);
+    let after = account(&path);
+    assert_eq!((after.free, after.holders.len()), (3, 0), "{after:?}");
+    running.signal(libc::SIGTERM);
+    running.wait().success().stderr_lacks("warning");
+}
