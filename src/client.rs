@@ -160,6 +160,12 @@ impl Client {
         self.device
     }
 
+    /// Whether the jobserver is the token file of an accounting pool (a regular file,
+    /// which clients that stat their fifo, as upstream ninja does, refuse).
+    pub fn is_token_file(&self) -> bool {
+        self.token_file
+    }
+
     pub fn auth(&self) -> &Auth {
         &self.auth
     }

@@ -872,3 +872,63 @@ fn heavy_jobs_gather_their_slots_from_the_token_file_one_at_a_time() {
     running.signal(libc::SIGTERM);
     running.wait().success().stderr_lacks("warning");
 }
+
+/// Upstream ninja 1.13 opens `fifo:PATH` and refuses anything but a fifo or a character
+/// device ("Not a fifo path"): the stand-in doing the same (`fifo_client --strict`)
+/// refuses the token file. Through `jsrun -- ninja` (the stand-in under that name) jsrun
+/// bridges the token file to a private fifo: its 8 jobs run 4 at once (jsrun's implicit
+/// slot and the pool's 3 tokens), never more, and every token is back afterwards.
+#[test]
+fn a_client_that_takes_only_a_fifo_joins_the_token_file_through_jsrun() {
+    if !fuse_here() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (running, path, _mount) = serve(&sandbox, 3, &[]);
+    let probe = sandbox
+        .probe()
+        .id("%n")
+        .barrier(&sandbox.join("barrier"), 4)
+        .sleep_ms(100);
+    let mut words: Vec<String> = ["ninja", "--strict", "--jobs", "8", "--"]
+        .map(String::from)
+        .to_vec();
+    words.extend(probe.words());
+    let bin = sandbox.join("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(crate::util::example("fifo_client"), bin.join("ninja")).unwrap();
+    let search = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let direct = sandbox
+        .command(bin.join("ninja"))
+        .args(&words[1..])
+        .env("MAKEFLAGS", makeflags(4, &path))
+        .run();
+    direct
+        .code(1)
+        .stderr_contains(&format!("Not a fifo path: {}", path.display()));
+    assert_eq!(
+        sandbox.log().finished().len(),
+        0,
+        "{}",
+        sandbox.log().dump()
+    );
+    let output = sandbox
+        .jsrun()
+        .arg("-v")
+        .env("MAKEFLAGS", makeflags(4, &path))
+        .env("PATH", search)
+        .arg("--")
+        .args(&words)
+        .run();
+    output
+        .success()
+        .stderr_contains("bridging the token file jobserver")
+        .stderr_lacks("Not a fifo path");
+    let log = sandbox.log();
+    assert_eq!(log.finished(), values(8), "{}", log.dump());
+    assert_eq!(log.peak(), 4, "{}\n{}", log.dump(), output.report());
+    let after = account(&path);
+    assert_eq!((after.free, after.holders.len()), (3, 0), "{after:?}");
+    running.signal(libc::SIGTERM);
+    running.wait().success().stderr_lacks("warning");
+}
