@@ -2,22 +2,30 @@
 //! ninja 1.13 and Portage do (PyPI's ninja also takes pipes, so it cannot show this).
 //!
 //! ```text
-//! fifo_client --jobs K -- COMMAND [ARG...]
+//! fifo_client [--strict] --jobs K -- COMMAND [ARG...]
 //! ```
 //! Runs COMMAND K times, `%n` in an ARG replaced by the job's number 1..K, as many at
 //! once as the jobserver in MAKEFLAGS allows: the first in its implicit slot, each further
 //! one under a token read (blocking) from the fifo and written back when it ends. Under a
 //! pipe jobserver it says "Pipe-based protocol is not supported!", as ninja does, and runs
-//! all K at once. Exits 0 when every job succeeded.
+//! all K at once. `--strict`: as upstream ninja 1.13 (src/jobserver-posix.cc), the opened
+//! path must be a fifo or a character device: anything else (a regular file, such as the
+//! token file of `jsrun --serve --accounting`) is refused with "Not a fifo path: PATH"
+//! and exit 1. Exits 0 when every job succeeded.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let strict = args.first().is_some_and(|a| a == "--strict");
+    if strict {
+        args.remove(0);
+    }
     let (jobs, command) = match args.as_slice() {
         [flag, k, dash, command @ ..]
             if flag == "--jobs" && dash == "--" && !command.is_empty() =>
@@ -25,7 +33,7 @@ fn main() {
             (k.parse::<usize>().expect("--jobs K"), command.to_vec())
         }
         _ => {
-            eprintln!("usage: fifo_client --jobs K -- COMMAND [ARG...]");
+            eprintln!("usage: fifo_client [--strict] --jobs K -- COMMAND [ARG...]");
             std::process::exit(2);
         }
     };
@@ -37,13 +45,20 @@ fn main() {
     let fifo = match auth {
         Some(auth) => {
             if let Some(path) = auth.strip_prefix("fifo:") {
-                Some(Arc::new(
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(path)
-                        .expect("open the jobserver fifo"),
-                ))
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .expect("open the jobserver fifo");
+                let kind = file
+                    .metadata()
+                    .expect("fstat the jobserver fifo")
+                    .file_type();
+                if strict && !kind.is_fifo() && !kind.is_char_device() {
+                    eprintln!("fifo_client: error: Not a fifo path: {path}");
+                    std::process::exit(1);
+                }
+                Some(Arc::new(file))
             } else {
                 eprintln!("fifo_client: warning: Pipe-based protocol is not supported!");
                 None

@@ -17,13 +17,13 @@
 //! - **Fairness**: one line, first come first served, one token per hand-out, blocking
 //!   readers and pollers alike; `--per-process-limit=K` skips a process holding K.
 
+use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::client::Client;
 use crate::fuse::{self, Op, Request, TokenFile};
@@ -88,6 +88,13 @@ pub struct Accountant<'p> {
     warned: HashSet<u32>,
     /// The connection is gone (unmounted from outside).
     gone: bool,
+    /// What the loop's poll found ready among [`Accountant::fds`]: `/dev/fuse` has
+    /// requests; the pidfds of holders that ended.
+    fuse_ready: bool,
+    ended: Vec<RawFd>,
+    /// A token was taken from or put back into the private pipe since
+    /// [`Accountant::moved`] was last asked.
+    moved: Cell<bool>,
 }
 
 impl<'p> Accountant<'p> {
@@ -103,6 +110,9 @@ impl<'p> Accountant<'p> {
             buf: vec![0u8; fuse::BUFFER],
             warned: HashSet::new(),
             gone: false,
+            fuse_ready: false,
+            ended: Vec::new(),
+            moved: Cell::new(false),
         }
     }
 
@@ -111,6 +121,25 @@ impl<'p> Accountant<'p> {
         let fuse = (!self.gone).then(|| self.file.fd());
         fuse.into_iter()
             .chain(self.holders.values().map(|h| h.pidfd.as_fd()))
+    }
+
+    /// What the loop's poll found ready: the raw descriptors among [`Accountant::fds`]
+    /// (for the next [`Accountant::serve`]; no second poll of the pidfds).
+    pub fn woke(&mut self, ready: &[RawFd]) {
+        self.fuse_ready = ready.contains(&self.file.fd().as_raw_fd());
+        self.ended.clear();
+        self.ended.extend(
+            self.holders
+                .values()
+                .map(|h| h.pidfd.as_raw_fd())
+                .filter(|fd| ready.contains(fd)),
+        );
+    }
+
+    /// Whether a token was taken from or put back into the pool since the last call:
+    /// its level may have moved.
+    pub fn moved(&self) -> bool {
+        self.moved.replace(false)
     }
 
     /// When a token held ready for a poller goes back.
@@ -130,7 +159,10 @@ impl<'p> Accountant<'p> {
     pub fn serve(&mut self, may: bool, now: Instant) {
         self.reclaim();
         self.expire(now);
-        while !self.gone {
+        // Read until EAGAIN only when the poll said so: the poll is level-triggered, and
+        // the first wake-up after a request finds it.
+        let ready = std::mem::take(&mut self.fuse_ready);
+        while ready && !self.gone {
             match self.file.next(&mut self.buf) {
                 Ok(Some(request)) => self.answer(request, may, now),
                 Ok(None) => break,
@@ -155,6 +187,7 @@ impl<'p> Accountant<'p> {
             let Ok(Some(token)) = self.pool.try_acquire() else {
                 break;
             };
+            self.moved.set(true);
             gave = true;
             match self.line.remove(at) {
                 Some(Waiter::Read { unique, tgid, .. }) => self.give(unique, tgid, token),
@@ -323,9 +356,13 @@ impl<'p> Accountant<'p> {
     /// out, it is below the limit, and nobody in line could take it instead.
     fn free_for(&self, tgid: u32, may: bool) -> Option<u8> {
         let first = may && self.below_limit(tgid) && !self.line.iter().any(|w| self.eligible(w));
-        first
+        let token = first
             .then(|| self.pool.try_acquire().ok().flatten())
-            .flatten()
+            .flatten();
+        if token.is_some() {
+            self.moved.set(true);
+        }
+        token
     }
 
     /// Holds `token` ready for the pollers of `fh` and wakes them.
@@ -397,6 +434,7 @@ impl<'p> Accountant<'p> {
 
     /// Puts tokens back among the free ones.
     fn put_back(&self, tokens: &[u8]) {
+        self.moved.set(true);
         for &token in tokens {
             if let Err(e) = self.pool.release(token) {
                 crate::say!("jsrun: warning: a token could not go back into the pool: {e}");
@@ -413,26 +451,19 @@ impl<'p> Accountant<'p> {
         crate::sys::tgid_of(tid).unwrap_or(tid)
     }
 
-    /// Takes back the tokens of every holder that has ended.
+    /// Takes back the tokens of every holder whose pidfd the loop's poll found readable:
+    /// it has ended.
     fn reclaim(&mut self) {
-        if self.holders.is_empty() {
+        if self.ended.is_empty() {
             return;
         }
-        let pids: Vec<u32> = self.holders.keys().copied().collect();
-        let mut fds: Vec<PollFd<'_>> = pids
+        let ended: Vec<u32> = self
+            .holders
             .iter()
-            .map(|pid| PollFd::new(self.holders[pid].pidfd.as_fd(), PollFlags::POLLIN))
+            .filter(|(_, h)| self.ended.contains(&h.pidfd.as_raw_fd()))
+            .map(|(&pid, _)| pid)
             .collect();
-        if !matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-            return;
-        }
-        let ended: Vec<u32> = pids
-            .iter()
-            .zip(&fds)
-            .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(pid, _)| *pid)
-            .collect();
-        drop(fds);
+        self.ended.clear();
         for pid in ended {
             if let Some(holder) = self.holders.remove(&pid)
                 && holder.tokens > 0

@@ -1,6 +1,7 @@
 //! The bridge: fifo-only clients (upstream ninja, samurai, Portage) under a pipe pool
-//! (make <= 4.3, cargo, the jobserver crate). jsrun gives its children a private fifo that
-//! draws its tokens from the outer pipe and returns them to it.
+//! (make <= 4.3, cargo, the jobserver crate) or the token file of an accounting pool
+//! (which upstream ninja refuses: not a fifo). jsrun gives its children a private fifo that
+//! draws its tokens from the outer pool and returns them to it.
 //!
 //! The fifo holds at most one idle token of the outer pool: when it is empty, jsrun moves
 //! one outer token in; when children give back more than one, jsrun moves the extras out

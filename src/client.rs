@@ -3,6 +3,7 @@
 //! Fifo and pipe look the same from outside: one private, non-blocking read descriptor to
 //! poll and read tokens from, and one descriptor to write them back through.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -99,6 +100,9 @@ pub struct Client {
     device: bool,
     /// The token file of an accounting pool.
     token_file: bool,
+    /// The free tokens, kept in this process instead of the pipe: the private pool of an
+    /// accounting pool, which nobody but jsrun reads or writes (see [`Client::in_memory`]).
+    memory: Option<Box<RefCell<Vec<u8>>>>,
 }
 
 /// What `fifo:PATH` names.
@@ -129,13 +133,37 @@ impl Client {
             auth: auth.clone(),
             device: kind == Kind::Device,
             token_file: kind == Kind::TokenFile,
+            memory: None,
         })
+    }
+
+    /// The same pool with its free tokens moved out of the pipe into this process: taking
+    /// and giving back a token costs no system call. Only for a pool that nobody but this
+    /// process reads or writes: the pipe's descriptor is never readable again.
+    pub fn in_memory(mut self) -> Client {
+        let mut tokens = Vec::new();
+        while let Ok(Some(token)) = sys::read_byte(self.read.as_fd()) {
+            tokens.push(token);
+        }
+        self.memory = Some(Box::new(RefCell::new(tokens)));
+        self
+    }
+
+    /// Tokens kept in this process ([`Client::in_memory`]): 0 for a pool in its pipe.
+    pub fn kept(&self) -> usize {
+        self.memory.as_ref().map_or(0, |m| m.borrow().len())
     }
 
     /// Whether the jobserver is a character device: nothing but its driver bounds the
     /// tokens it hands out.
     pub fn is_device(&self) -> bool {
         self.device
+    }
+
+    /// Whether the jobserver is the token file of an accounting pool (a regular file,
+    /// which clients that stat their fifo, as upstream ninja does, refuse).
+    pub fn is_token_file(&self) -> bool {
+        self.token_file
     }
 
     pub fn auth(&self) -> &Auth {
@@ -154,12 +182,21 @@ impl Client {
     /// Takes one token if one is free right now. Never blocks: poll [`Client::fd`] first.
     /// Another client may win the race for a byte poll reported, hence `Ok(None)`.
     pub fn try_acquire(&self) -> io::Result<Option<u8>> {
-        sys::read_byte(self.read.as_fd())
+        match &self.memory {
+            Some(memory) => Ok(memory.borrow_mut().pop()),
+            None => sys::read_byte(self.read.as_fd()),
+        }
     }
 
     /// Gives back a token: the very byte that was read, since bytes may carry meaning.
     pub fn release(&self, token: u8) -> io::Result<()> {
-        sys::write_byte(self.write.as_fd(), token)
+        match &self.memory {
+            Some(memory) => {
+                memory.borrow_mut().push(token);
+                Ok(())
+            }
+            None => sys::write_byte(self.write.as_fd(), token),
+        }
     }
 
     /// The descriptor that becomes readable when a token may be free.
@@ -181,7 +218,10 @@ impl Client {
 
     /// Tokens free in the pool right now.
     pub fn available(&self) -> io::Result<usize> {
-        sys::bytes_available(self.read.as_fd())
+        match &self.memory {
+            Some(memory) => Ok(memory.borrow().len()),
+            None => sys::bytes_available(self.read.as_fd()),
+        }
     }
 
     /// Whether a character device behind `fifo:` hands out more than `limit` tokens at
@@ -307,6 +347,27 @@ mod tests {
         let mut buf = [0u8; 2];
         assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 2);
         assert_eq!(&buf, b"yx");
+    }
+
+    #[test]
+    fn a_pool_in_memory_takes_the_pipes_tokens_and_leaves_it_empty() {
+        let (r, w) = pipe();
+        nix::unistd::write(&w, b"abc").unwrap();
+        let auth = Auth::Pipe {
+            read: r.as_raw_fd(),
+            write: w.as_raw_fd(),
+        };
+        let client = Client::open(&auth).unwrap().in_memory();
+        assert_eq!((client.available().unwrap(), client.kept()), (3, 3));
+        assert_eq!(sys::bytes_available(client.fd()).unwrap(), 0);
+        let token = client.try_acquire().unwrap().expect("a token");
+        assert_eq!(client.available().unwrap(), 2);
+        client.release(token).unwrap();
+        let taken: Vec<u8> = std::iter::from_fn(|| client.try_acquire().unwrap()).collect();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(client.try_acquire().unwrap(), None);
+        // Nothing went through the pipe.
+        assert_eq!(sys::bytes_available(client.fd()).unwrap(), 0);
     }
 
     #[test]

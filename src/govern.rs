@@ -48,6 +48,8 @@ pub struct Governor {
     /// `--serve`: give back the tokens of holders that are gone (see [`Governor::reclaim`]).
     reclaim: bool,
     start: Instant,
+    /// The pool's level may have moved since it was last read (a resize, a hold).
+    stale: bool,
 }
 
 /// How the tree used the pool, over time.
@@ -115,6 +117,7 @@ impl Governor {
             extra_reported: false,
             reclaim: false,
             start: Instant::now(),
+            stale: true,
         }
     }
 
@@ -148,6 +151,16 @@ impl Governor {
         self.watch.as_ref().map(|w| w.as_fd())
     }
 
+    /// Whether [`Governor::wake`] has anything to do on an unwatched pool that nobody but
+    /// its caller touched since the last wake: take or give back tokens, or read a level
+    /// that may have moved.
+    pub fn due(&self, now: Instant) -> bool {
+        self.stale
+            || self.watch.is_some()
+            || self.wants_tokens()
+            || self.next_release.is_some_and(|at| now >= at)
+    }
+
     /// Whether tokens that come back are to be taken (held back or retired): poll the
     /// pool's read descriptor.
     pub fn wants_tokens(&self) -> bool {
@@ -169,12 +182,14 @@ impl Governor {
         if hold == self.holding {
             return;
         }
+        self.stale = true;
         self.holding = hold;
         self.next_release = (!hold && !self.held.is_empty()).then_some(now);
     }
 
     /// One slot more (`grow`) or fewer, down to 1.
     pub fn resize(&mut self, grow: bool, client: &Client) -> Option<Event> {
+        self.stale = true;
         if grow {
             self.slots += 1;
             // A token still to be retired is out there: it simply stays.
@@ -295,6 +310,7 @@ impl Governor {
         let Ok(free) = client.available() else {
             return;
         };
+        self.stale = false;
         // Tokens that exist: the pool's, plus those still to be retired.
         let tokens = self.slots - self.implicit + self.retire;
         let present = free + self.held.len();

@@ -114,14 +114,19 @@ impl Pool {
                     Some(n) if client.is_device() => cap.min(n),
                     _ => cap,
                 };
-                let Some(why) = wants_bridge(config, template, &found.auth) else {
+                let Some(why) = wants_bridge(config, template, &client) else {
                     return Ok((Pool::Inherited(client), cap));
                 };
                 let bridge = Bridge::new(&found.auth, found.advertised, config.jobserver_group)?;
                 if config.verbose {
                     crate::say!(
-                        "jsrun: bridging the pipe jobserver {} to --jobserver-auth={} for the \
+                        "jsrun: bridging the {} jobserver {} to --jobserver-auth={} for the \
                          children ({why})",
+                        if client.is_token_file() {
+                            "token file"
+                        } else {
+                            "pipe"
+                        },
                         found.auth,
                         bridge.inner_auth()
                     );
@@ -356,8 +361,10 @@ fn auth_words(auth: &Auth) -> String {
 
 /// Why the children get a bridge under a pipe pool, if they do: `--jobserver-style=fifo`,
 /// or by default a command that runs a program speaking only fifo.
-fn wants_bridge(config: &Config, template: &Template, auth: &Auth) -> Option<String> {
-    if !matches!(auth, Auth::Pipe { .. }) {
+fn wants_bridge(config: &Config, template: &Template, client: &Client) -> Option<String> {
+    // A pipe, or the token file of an accounting pool: upstream ninja opens `fifo:PATH`
+    // and refuses anything that is not a fifo ("Not a fifo path").
+    if !matches!(client.auth(), Auth::Pipe { .. }) && !client.is_token_file() {
         return None;
     }
     match config.jobserver_style {

@@ -181,7 +181,11 @@ impl Server {
             write: w.as_raw_fd(),
         };
         stock(w.as_fd(), slots, page, pipe_max)?;
-        let client = Client::open(&pipe).context("cannot open the pool's pipe")?;
+        // Only jsrun takes and gives back the free tokens of a token file: they are kept
+        // in memory, not read from and written to the pipe for every client's token.
+        let client = Client::open(&pipe)
+            .context("cannot open the pool's pipe")?
+            .in_memory();
         let token_file = TokenFile::mount(path, group, per_process_limit)?;
         let server = Server {
             slots,
@@ -226,7 +230,7 @@ impl Server {
     /// `held`: tokens kept out of the pool by its governor, present all the same; `want`:
     /// the tokens the pool should hold (N-1, or as resized).
     pub fn count_tokens(&self, client: &Client, held: usize, want: usize) -> Option<Mismatch> {
-        let found = drain(client.fd()) + held;
+        let found = drain(client.fd()) + client.kept() + held;
         (found != want).then_some(Mismatch { found, want })
     }
 }

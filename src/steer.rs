@@ -3,7 +3,7 @@
 //! tells the governor to hold back or let go, keeps the bridge balanced, and turns what the
 //! governor saw into trace counters and warnings.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use nix::poll::PollFlags;
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ pub struct Steer<'p> {
     guard: Option<Guard>,
     /// Slots in use at the last look at the pool.
     in_use: usize,
+    /// Whether jsrun's own job held the implicit slot at the last tick.
+    implicit_busy: bool,
     verbose: bool,
 }
 
@@ -98,6 +100,7 @@ impl<'p> Steer<'p> {
             pool,
             guard,
             in_use: 0,
+            implicit_busy: false,
             governor,
             accountant: pool
                 .token_file()
@@ -135,12 +138,19 @@ impl<'p> Steer<'p> {
             return;
         };
         let mut events = Vec::new();
+        let busy_before = std::mem::replace(&mut self.implicit_busy, implicit_busy);
         if let Some(accountant) = &mut self.accountant {
             // Requests first (a token written back goes to the next in line), then the
             // governor (which takes what is free while it holds back), then what it let go.
+            // The private pipe is the accountant's and the governor's alone: its level is
+            // read again only when one of them moved a token (or jsrun's own job began or
+            // ended).
             accountant.serve(!governor.wants_tokens(), now);
-            governor.wake(client, implicit_busy, now, &mut events);
+            if accountant.moved() || governor.due(now) || implicit_busy != busy_before {
+                governor.wake(client, implicit_busy, now, &mut events);
+            }
             if accountant.hand_out(!governor.wants_tokens(), now) {
+                accountant.moved();
                 governor.observe(client, now, &mut events);
             }
         } else {
@@ -346,6 +356,13 @@ impl<'p> Steer<'p> {
         .into_iter()
         .flatten()
         .chain(self.accountant.iter().flat_map(Accountant::fds))
+    }
+
+    /// What the loop's poll found ready among [`Steer::fds`], as raw descriptors.
+    pub fn woke(&mut self, ready: &[RawFd]) {
+        if let Some(accountant) = &mut self.accountant {
+            accountant.woke(ready);
+        }
     }
 
     /// SIGUSR1 (`grow`) or SIGUSR2 on a pool of jsrun's own: its new size; `None` when

@@ -12,20 +12,16 @@
 //! gcc's lto-wrapper is not among the peers: gcc 12 (Debian 12's) does not read a
 //! `fifo:` jobserver and runs its own `make -jN` for the LTRANS jobs, beside the pool.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::accounting::{Detach, fuse_here, is_fuse_mount, makeflags};
 use crate::emerge;
 use crate::util::{
-    Log, Running, Sandbox, blocked_in, is_poll, is_root, machine_cannot, make44, path_str, values,
-    wait_until,
+    Log, Running, Sandbox, blocked_in, is_poll, is_root, machine_cannot, make44, values, wait_until,
 };
 
 /// How long a pool may serve one test: the emerge tests run two emerges of up
@@ -35,90 +31,11 @@ const POOL_DEADLINE: Duration = Duration::from_secs(400);
 // ---------------------------------------------------------------------------
 // The pool
 
-/// Why this machine cannot mount a FUSE file system, or `None` when it can. As
-/// root the probe mounts one for a moment on a directory of its own (a
-/// connection nobody serves, unmounted at once); otherwise the per-user path
-/// needs `fusermount3`. The answer is the machine's, not jsrun's: a pool that
-/// fails to come up where this says FUSE works fails the test.
-fn fuse_unavailable() -> Option<String> {
-    static ANSWER: OnceLock<Option<String>> = OnceLock::new();
-    ANSWER
-        .get_or_init(|| {
-            let device = match fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open("/dev/fuse")
-            {
-                Ok(device) => device,
-                Err(err) => return Some(format!("/dev/fuse cannot be opened: {err}")),
-            };
-            if !is_root() {
-                return match which::which("fusermount3") {
-                    Ok(_) => None,
-                    Err(_) => Some("not root, and no fusermount3 (Debian: fuse3)".into()),
-                };
-            }
-            let dir = tempfile::tempdir().expect("a directory to probe a FUSE mount on");
-            let target = CString::new(dir.path().as_os_str().as_bytes()).expect("no NUL");
-            let options = CString::new(format!(
-                "fd={},rootmode=40000,user_id=0,group_id=0",
-                device.as_raw_fd()
-            ))
-            .expect("no NUL");
-            // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-            let rc = unsafe {
-                libc::mount(
-                    c"jsrun-probe".as_ptr(),
-                    target.as_ptr(),
-                    c"fuse".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    options.as_ptr().cast(),
-                )
-            };
-            if rc != 0 {
-                return Some(format!(
-                    "mounting a FUSE file system fails: {}",
-                    io::Error::last_os_error()
-                ));
-            }
-            // Closing the device aborts the connection; nothing has looked at the mount.
-            drop(device);
-            // SAFETY: target is a NUL-terminated path; MNT_DETACH never waits.
-            let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-            assert_eq!(
-                rc,
-                0,
-                "unmount the probe at {}: {}",
-                dir.path().display(),
-                io::Error::last_os_error()
-            );
-            None
-        })
-        .clone()
-}
-
-/// Whether a FUSE file system is mounted at `path` now (/proc/self/mountinfo).
-fn is_fuse_mount(path: &Path) -> bool {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    let wanted = path_str(path);
-    mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = line
-            .split_once(" - ")
-            .and_then(|(_, rest)| rest.split(' ').next());
-        fields.get(4) == Some(&wanted.as_str())
-            && fstype.is_some_and(|kind| kind == "fuse" || kind.starts_with("fuse."))
-    })
-}
-
 /// `jsrun -v --serve=SANDBOX/pool -jN --accounting ARGS`, once its token file is
 /// mounted; `None` (said loudly, naming the running test) where this machine
 /// cannot mount FUSE.
 fn accounting_pool(sandbox: &Sandbox, n: usize, args: &[&str]) -> Option<(Pool, PathBuf)> {
-    if let Some(why) = fuse_unavailable() {
-        let current = std::thread::current();
-        machine_cannot(current.name().unwrap_or("accounting_peers"), &why);
+    if !fuse_here() {
         return None;
     }
     let args = [&["--accounting"], args].concat();
@@ -128,7 +45,7 @@ fn accounting_pool(sandbox: &Sandbox, n: usize, args: &[&str]) -> Option<(Pool, 
     });
     let pool = Pool {
         daemon: Some(running),
-        path: path.clone(),
+        _mount: Detach(path.clone()),
     };
     Some((pool, path))
 }
@@ -138,7 +55,8 @@ fn accounting_pool(sandbox: &Sandbox, n: usize, args: &[&str]) -> Option<(Pool, 
 /// the pool detaches that mount, so the sandbox can go.
 struct Pool {
     daemon: Option<Running>,
-    path: PathBuf,
+    /// Dropped after the daemon.
+    _mount: Detach,
 }
 
 impl std::ops::Deref for Pool {
@@ -151,23 +69,6 @@ impl std::ops::Deref for Pool {
 impl std::ops::DerefMut for Pool {
     fn deref_mut(&mut self) -> &mut Running {
         self.daemon.as_mut().expect("the daemon runs")
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        drop(self.daemon.take());
-        if !is_fuse_mount(&self.path) {
-        } else if is_root() {
-            let target = CString::new(self.path.as_os_str().as_bytes()).expect("no NUL");
-            // SAFETY: target is a NUL-terminated path; MNT_DETACH never waits.
-            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        } else {
-            let _ = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(&self.path)
-                .status();
-        }
     }
 }
 
@@ -240,11 +141,6 @@ fn stop(mut pool: Pool, path: &Path) -> crate::util::Output {
     output
 }
 
-/// MAKEFLAGS naming the pool, as make.conf or a CI job sets it.
-fn makeflags(path: &Path, n: usize) -> String {
-    format!("-j{n} --jobserver-auth=fifo:{}", path.display())
-}
-
 // ---------------------------------------------------------------------------
 // emerge
 
@@ -278,7 +174,7 @@ fn a_killed_make_gives_its_tokens_back_while_emerge_holds_the_pool() {
     sandbox.probe_makefile(&values(4), 1, 600_000);
     let mut make = sandbox
         .command(make44())
-        .env("MAKEFLAGS", makeflags(&path, 4))
+        .env("MAKEFLAGS", makeflags(4, &path))
         .spawn();
     let log = sandbox.log();
     make.wait_until("make's 4 recipes", || log.started().len() == 4);
@@ -292,7 +188,7 @@ fn a_killed_make_gives_its_tokens_back_while_emerge_holds_the_pool() {
 
     let prefix = emerge::Prefix::new("reclaim");
     prefix.expect_at_once(4);
-    prefix.add_to_make_conf(&format!("MAKEFLAGS=\"{}\"\n", makeflags(&path, 4)));
+    prefix.add_to_make_conf(&format!("MAKEFLAGS=\"{}\"\n", makeflags(4, &path)));
     let mut cmd = prefix.command(emerge::emerge());
     cmd.args(prefix.emerge_args());
     let mut emerging = emerge::Running::start(&mut cmd, &prefix);
@@ -427,7 +323,7 @@ fn a_cargo_build_takes_its_tokens_from_the_accounting_pool() {
         .args(["build", "--offline", "--workspace"])
         .env("CARGO_TARGET_DIR", sandbox.join("target"))
         .env("CARGO_TERM_COLOR", "never")
-        .env("MAKEFLAGS", makeflags(&path, 4))
+        .env("MAKEFLAGS", makeflags(4, &path))
         .env("JSRUN_TEST_LOG", sandbox.join("log"))
         .env("JSRUN_TEST_BARRIER", sandbox.join("barrier"))
         .env("JSRUN_TEST_SEEN", sandbox.join("seen"))
@@ -565,7 +461,7 @@ fn served_in_order(make_first: bool) -> bool {
     let start_make = || {
         let mut make = sandbox
             .command(make44())
-            .env("MAKEFLAGS", makeflags(&path, 4))
+            .env("MAKEFLAGS", makeflags(4, &path))
             .spawn();
         let make_pid = make.pid() as u32;
         make.wait_until("make's first recipe, and make waiting for a token", || {
@@ -641,7 +537,7 @@ fn a_per_process_limit_leaves_make_its_share_beside_a_greedy_client() {
     sandbox.probe_makefile(&values(9), 3, 100);
     let make = sandbox
         .command(make44())
-        .env("MAKEFLAGS", makeflags(&path, 4))
+        .env("MAKEFLAGS", makeflags(4, &path))
         .run();
     make.success().stderr_lacks("warning");
     let log = sandbox.log();
@@ -715,8 +611,7 @@ fn a_pool_of_one_user_mounts_through_fusermount3() {
             return;
         };
         Some((nobody.uid.as_raw(), nobody.gid.as_raw()))
-    } else if let Some(why) = fuse_unavailable() {
-        machine_cannot(test, &why);
+    } else if !fuse_here() {
         return;
     } else {
         None
@@ -756,13 +651,13 @@ fn a_pool_of_one_user_mounts_through_fusermount3() {
     });
     let pool = Pool {
         daemon: Some(daemon),
-        path: path.clone(),
+        _mount: Detach(path.clone()),
     };
     sandbox.probe_makefile(&values(8), 4, 100);
     let make = as_user(
         sandbox
             .command(make44())
-            .env("MAKEFLAGS", makeflags(&path, 4)),
+            .env("MAKEFLAGS", makeflags(4, &path)),
     )
     .run();
     make.success().stderr_lacks("warning");

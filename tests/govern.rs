@@ -1069,15 +1069,15 @@ fn pool_line(stderr: &str) -> PoolLine {
 
 /// A counter event of a trace.
 #[derive(Debug, Clone)]
-struct Counter {
-    name: String,
-    pid: u64,
-    ts: u128,
-    value: u64,
+pub(crate) struct Counter {
+    pub(crate) name: String,
+    pub(crate) pid: u64,
+    pub(crate) ts: u128,
+    pub(crate) value: u64,
 }
 
 #[track_caller]
-fn counters(path: &Path) -> Vec<Counter> {
+pub(crate) fn counters(path: &Path) -> Vec<Counter> {
     let text = fs::read_to_string(path).expect("the trace file");
     let trace: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|err| panic!("the trace is not JSON: {err}\n{text}"));

@@ -40,6 +40,13 @@ fn a_pool_of_four_runs_two_jobs_of_weight_two() {
 #[test]
 fn three_heavy_recipes_under_make_j4_all_run_one_at_a_time() {
     let sandbox = Sandbox::new();
+    heavy_recipes(&sandbox);
+    let output = sandbox.command(make44()).arg("-j4").run();
+    ran_one_at_a_time(&sandbox, &output);
+}
+
+/// A Makefile of three recipes `+jsrun --weight=3 -- PROBE` (targets a, b, c).
+pub(crate) fn heavy_recipes(sandbox: &Sandbox) {
     let probe = sandbox.probe().id("$@").sleep_ms(300);
     let jsrun = shell_words(&[crate::util::path_str(&crate::util::jsrun_bin())]);
     let mut text = String::from(".PHONY: all a b c\nall: a b c\n");
@@ -50,11 +57,15 @@ fn three_heavy_recipes_under_make_j4_all_run_one_at_a_time() {
         ));
     }
     sandbox.write("Makefile", text);
-    let output = sandbox.command(make44()).arg("-j4").run();
-    output.success().stderr_lacks("warning");
+}
+
+/// make ran the [`heavy_recipes`] without a warning, every one, one at a time.
+#[track_caller]
+pub(crate) fn ran_one_at_a_time(sandbox: &Sandbox, make: &crate::util::Output) {
+    make.success().stderr_lacks("warning");
     let log = sandbox.log();
     assert_eq!(log.finished(), ["a", "b", "c"], "{}", log.dump());
-    assert_eq!(log.peak(), 1, "{}\n{}", log.dump(), output.report());
+    assert_eq!(log.peak(), 1, "{}\n{}", log.dump(), make.report());
 }
 
 /// A weight beyond the pool is capped with a warning, and the job runs.

@@ -7,7 +7,7 @@
 //!
 //! Slots come from the [`Ledger`]; a job's [`Held`] slots go back when the job is gone.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -237,7 +237,7 @@ impl Supervisor<'_> {
 
     fn wait(&mut self, wants: &Wants) -> Result<()> {
         let mut set = PollSet::default();
-        set.add(Some(self.signals.fd()), PollFlags::POLLIN);
+        let signals = set.add(Some(self.signals.fd()), PollFlags::POLLIN);
         let token = self.ledger.fd().filter(|_| wants.token);
         set.add(token, PollFlags::POLLIN);
         let source = set.add(
@@ -247,9 +247,11 @@ impl Supervisor<'_> {
         let sink = set.add(self.output.waiting_for(), PollFlags::POLLOUT);
         // jsrun's own messages waiting for stderr to take them.
         set.add(crate::say::waiting(), PollFlags::POLLOUT);
-        for fd in self.steer.fds() {
-            set.add(Some(fd), PollFlags::POLLIN);
-        }
+        let steered: Vec<(RawFd, Option<usize>)> = self
+            .steer
+            .fds()
+            .map(|fd| (fd.as_raw_fd(), set.add(Some(fd), PollFlags::POLLIN)))
+            .collect();
         // The kernel's word that memory gets short (the memory guard's notices).
         let notices: Vec<Option<usize>> = self
             .steer
@@ -277,12 +279,19 @@ impl Supervisor<'_> {
         let (source_ready, sink_ready) = (set.ready(source), set.ready(sink));
         let came_back = set.ready(came_back);
         let noticed = notices.iter().any(|at| set.ready(*at));
+        let signalled = set.ready(signals);
+        let steered: Vec<RawFd> = steered
+            .into_iter()
+            .filter(|(_, at)| set.ready(*at))
+            .map(|(fd, _)| fd)
+            .collect();
         let ready_outputs: Vec<usize> = outputs
             .iter()
             .filter(|(_, at)| set.ready(*at))
             .map(|(i, _)| *i)
             .collect();
         drop(set);
+        self.steer.woke(&steered);
         if came_back {
             self.gather.came_back(Instant::now());
         }
@@ -306,7 +315,13 @@ impl Supervisor<'_> {
             self.plan.feed.close();
             self.stop(Status::USAGE);
         }
-        self.handle_signals()
+        // The signalfd is read only when the poll found it readable (a read that finds
+        // nothing costs a system call on every wake-up of a busy daemon).
+        if signalled {
+            return self.handle_signals();
+        }
+        self.check_output();
+        Ok(())
     }
 
     /// Acts on every signal that has come: child exits, interrupts, resizing.
