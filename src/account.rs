@@ -507,18 +507,22 @@ impl<'p> Accountant<'p> {
             self.pool.available().unwrap_or(0),
             self.line.len()
         );
-        let mut pids: Vec<&u32> = self
-            .holders
-            .iter()
-            .filter(|(_, h)| h.tokens > 0)
-            .map(|(pid, _)| pid)
-            .collect();
-        pids.sort_unstable();
-        for pid in pids {
-            let h = &self.holders[pid];
+        for (pid, h) in self.holding() {
             text.push_str(&format!("holder {pid} {} {}\n", h.tokens, h.command));
         }
         text
+    }
+
+    /// The processes that hold tokens now, by pid.
+    fn holding(&self) -> Vec<(u32, &Holder)> {
+        let mut holding: Vec<(u32, &Holder)> = self
+            .holders
+            .iter()
+            .filter(|(_, h)| h.tokens > 0)
+            .map(|(pid, h)| (*pid, h))
+            .collect();
+        holding.sort_unstable_by_key(|(pid, _)| *pid);
+        holding
     }
 }
 
@@ -535,15 +539,7 @@ impl Drop for Accountant<'_> {
         }
         let ready: Vec<u8> = self.ready.drain().map(|(_, r)| r.token).collect();
         self.put_back(&ready);
-        let mut pids: Vec<&u32> = self
-            .holders
-            .iter()
-            .filter(|(_, h)| h.tokens > 0)
-            .map(|(pid, _)| pid)
-            .collect();
-        pids.sort_unstable();
-        for pid in pids {
-            let h = &self.holders[pid];
+        for (pid, h) in self.holding() {
             crate::say!(
                 "jsrun: warning: pid {pid} ({}) still holds {} at the end",
                 h.command,

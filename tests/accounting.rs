@@ -672,30 +672,13 @@ fn limits_resizing_and_stats_govern_the_token_file() {
         return;
     }
     let sandbox = Sandbox::new();
-    let proc_dir = sandbox.join("proc");
-    fs::create_dir(&proc_dir).unwrap();
-    let set_load = |load: &str| {
-        let tmp = proc_dir.join("loadavg.tmp");
-        fs::write(&tmp, format!("{load} {load} {load} 1/1 1\n")).unwrap();
-        fs::rename(&tmp, proc_dir.join("loadavg")).unwrap();
-    };
-    set_load("9.00");
-    let path = sandbox.join("pool");
-    let mut running = sandbox
-        .jsrun()
-        .env("JSRUN_PROC_DIR", &proc_dir)
-        .args(["-v", "-l", "4", "-j3", "--accounting", "--stats"])
-        .arg(format!("--serve={}", path.display()))
-        .spawn();
+    let (mut running, path, loadavg) =
+        crate::serve::serve_over_the_load_limit(&sandbox, &["-j3", "--accounting", "--stats"]);
     let _mount = Detach(path.clone());
-    let stderr = running.stderr_path();
-    running.wait_until("the hold", || {
-        fs::read_to_string(&stderr).is_ok_and(|e| e.contains("holding back"))
-    });
     running.wait_until("every token held back", || account(&path).free == 0);
     let mut reader = taker(&sandbox, &path, 1, "reader");
     running.wait_until("the reader in line", || account(&path).waiting == 1);
-    set_load("0.50");
+    crate::util::set_load(&loadavg, "0.50");
     running.wait_until("the reader served", || sandbox.join("took-reader").exists());
     running.wait_until("the tokens back", || account(&path).free == 2);
     give_back(&sandbox, &mut reader, "reader");

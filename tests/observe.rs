@@ -380,14 +380,6 @@ fn make43_dry_run_prints_and_runs_nothing() {
 // ---------------------------------------------------------------------------
 // Load limit
 
-/// Writes a `/proc/loadavg`-style file in one rename, so jsrun never reads
-/// it half-written.
-fn set_load(path: &Path, load: &str) {
-    let partial = path.with_extension("partial");
-    fs::write(&partial, format!("{load} {load} {load} 1/123 4567\n")).expect("write load file");
-    fs::rename(&partial, path).expect("rename load file");
-}
-
 /// `-l 2 -j4` with `JSRUN_PROC_DIR`'s loadavg saying 5.00: jsrun's pool holds
 /// its tokens back, so jobs s1, s2, s3 (300 ms each) run one at a time, in
 /// the implicit slot. Once s3 has started the test sets the load to 0.50;
@@ -400,7 +392,7 @@ fn load_limit_follows_the_load_figure() {
     let proc_dir = sandbox.join("proc");
     fs::create_dir(&proc_dir).unwrap();
     let loadavg = proc_dir.join("loadavg");
-    set_load(&loadavg, "5.00");
+    crate::util::set_load(&loadavg, "5.00");
     let log = sandbox.log();
     let probe = shell_words(&[path_str(&crate::util::probe_bin())]);
     let log_path = shell_words(&[path_str(log.path())]);
@@ -421,7 +413,7 @@ fn load_limit_follows_the_load_figure() {
     running.wait_until("job s3 to start", || {
         log.started().iter().any(|id| id == "s3")
     });
-    set_load(&loadavg, "0.50");
+    crate::util::set_load(&loadavg, "0.50");
     let output = running.wait();
     output.success();
     let events = log.events();

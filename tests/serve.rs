@@ -181,32 +181,39 @@ fn the_served_pool_resizes() {
     assert!(!output.stderr.contains("at exit"), "{}", output.report());
 }
 
-/// A limit exceeded from the start holds every token back: the pool is empty
-/// while the load is high; the tokens come back when it falls.
-#[test]
-fn a_limit_holds_the_served_tokens_back() {
-    let sandbox = Sandbox::new();
+/// `jsrun -v -l 4 ARGS --serve=SANDBOX/pool` with a `JSRUN_PROC_DIR` load of 9.00, once
+/// it says it holds back: the daemon, the pool's path and the loadavg file to lower.
+pub(crate) fn serve_over_the_load_limit(
+    sandbox: &Sandbox,
+    args: &[&str],
+) -> (Running, PathBuf, PathBuf) {
     let proc_dir = sandbox.join("proc");
     fs::create_dir(&proc_dir).unwrap();
-    let set_load = |load: &str| {
-        let tmp = proc_dir.join("loadavg.tmp");
-        fs::write(&tmp, format!("{load} {load} {load} 1/1 1\n")).unwrap();
-        fs::rename(&tmp, proc_dir.join("loadavg")).unwrap();
-    };
-    set_load("9.00");
+    let loadavg = proc_dir.join("loadavg");
+    crate::util::set_load(&loadavg, "9.00");
     let path = sandbox.join("pool");
     let mut running = sandbox
         .jsrun()
         .env("JSRUN_PROC_DIR", &proc_dir)
-        .args(["-v", "-l", "4", "-j3"])
+        .args(["-v", "-l", "4"])
+        .args(args)
         .arg(format!("--serve={}", path.display()))
         .spawn();
     let stderr = running.stderr_path();
     running.wait_until("the hold", || {
         fs::read_to_string(&stderr).is_ok_and(|e| e.contains("holding back"))
     });
+    (running, path, loadavg)
+}
+
+/// A limit exceeded from the start holds every token back: the pool is empty
+/// while the load is high; the tokens come back when it falls.
+#[test]
+fn a_limit_holds_the_served_tokens_back() {
+    let sandbox = Sandbox::new();
+    let (mut running, path, loadavg) = serve_over_the_load_limit(&sandbox, &["-j3"]);
     running.wait_until("an empty pool", || free_tokens(&path) == 0);
-    set_load("0.50");
+    crate::util::set_load(&loadavg, "0.50");
     running.wait_until("the tokens back", || free_tokens(&path) == 3);
     running.signal(libc::SIGTERM);
     running.wait().success().stderr_lacks("warning");

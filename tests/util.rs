@@ -1253,6 +1253,14 @@ pub fn kill(pid: u32, signal: i32) {
 
 /// How many entries `dir` holds now (0 if it does not exist): the jobs
 /// waiting at a barrier.
+/// Writes a `/proc/loadavg`-style file (for `JSRUN_PROC_DIR`) in one rename, so jsrun
+/// never reads it half-written.
+pub fn set_load(path: &Path, load: &str) {
+    let partial = path.with_extension("partial");
+    fs::write(&partial, format!("{load} {load} {load} 1/123 4567\n")).expect("write load file");
+    fs::rename(&partial, path).expect("rename load file");
+}
+
 pub fn entries(dir: &Path) -> usize {
     fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }
