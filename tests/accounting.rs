@@ -724,6 +724,17 @@ fn a_user_without_root_serves_through_fusermount3() {
         .id("{}")
         .barrier(&dir.join("barrier"), 2)
         .sleep_ms(100);
+    // The user runs copies in the sandbox: the build's own may sit in a directory only
+    // root can enter (a checkout in a private home, a `mktemp -d`).
+    let jsrun = sandbox.join("jsrun");
+    fs::copy(jsrun_bin(), &jsrun).expect("copy jsrun into the sandbox");
+    let mut words = probe.words();
+    let probe_copy = sandbox.join("probe");
+    fs::copy(&words[0], &probe_copy).expect("copy the probe into the sandbox");
+    words[0] = probe_copy
+        .into_os_string()
+        .into_string()
+        .expect("a UTF-8 path");
     let script = r#"
         set -u
         dev=$1 dir=$2 jsrun=$3; shift 3
@@ -758,8 +769,8 @@ fn a_user_without_root_serves_through_fusermount3() {
         ])
         .arg(&dev)
         .arg(&dir)
-        .arg(jsrun_bin())
-        .args(probe.words())
+        .arg(&jsrun)
+        .args(words)
         .run();
     if output.status.code() == Some(10) {
         machine_cannot(test, &format!("no private /dev/fuse: {}", output.report()));
