@@ -538,7 +538,7 @@ mod tests {
         let _ = std::fs::remove_dir(&dir);
     }
 
-    /// A real stall fires the trigger: a child in a cgroup v1 memory cgroup of 32 MiB writes
+    /// A real stall fires the trigger: a child in a cgroup v1 memory cgroup of 48 MiB writes
     /// 256 MiB to a file on disk (not tmpfs) and reads it back, so the kernel reclaims the
     /// cgroup's page cache while dirty pages are written back; tasks stall on memory (5% of
     /// the window is asked for), the descriptor polls POLLPRI and [`Notices::clear`] asks
@@ -558,12 +558,12 @@ mod tests {
             eprintln!("NOT RUN: cannot make a cgroup in {}", parent.display());
             return;
         }
-        std::fs::write(dir.join("memory.limit_in_bytes"), (32u64 << 20).to_string()).unwrap();
+        std::fs::write(dir.join("memory.limit_in_bytes"), (48u64 << 20).to_string()).unwrap();
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
         let disk = tempfile::tempdir_in(&target).unwrap();
         let file = disk.path().join("stall");
         let script = format!(
-            "echo $$ > {}/cgroup.procs && dd if=/dev/zero of={f} bs=1M count=256 \
+            "echo $$ > {}/cgroup.procs && dd if=/dev/zero of={f} bs=64k count=4096 \
              conv=fsync 2>/dev/null && cat {f} {f} > /dev/null",
             dir.display(),
             f = file.display()
@@ -577,10 +577,15 @@ mod tests {
         let ready = nix::poll::poll(&mut set, 20_000u16).unwrap();
         let revents = set[0].revents();
         let look = ready == 1 && notices.clear(Instant::now());
+        // The writer's own end does not matter (in a small cgroup without swap the OOM
+        // killer may end it): the stall it caused does.
         let status = child.wait().unwrap();
         let _ = std::fs::remove_dir(&dir);
-        assert!(status.success(), "{status}");
-        assert_eq!(ready, 1, "no stall said within 20 s: {:?}", notices.said);
+        assert_eq!(
+            ready, 1,
+            "no stall said within 20 s (the writer: {status}): {:?}",
+            notices.said
+        );
         assert_eq!(revents, Some(PollFlags::POLLPRI));
         assert!(look);
         assert!(notices.trigger.is_some(), "dropped: {:?}", notices.said);
