@@ -36,6 +36,8 @@ mod steer;
 mod style;
 mod supervise;
 mod sys;
+#[cfg(test)]
+mod testing;
 mod verdict;
 
 pub use run::run;

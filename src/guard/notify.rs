@@ -406,7 +406,11 @@ mod tests {
         };
         let notices = Notices::new(&sources, wanted);
         let Some(file) = &notices.trigger else {
-            eprintln!("NOT RUN: no trigger allowed here: {:?}", notices.said);
+            let why = format!("no trigger allowed here: {:?}", notices.said);
+            crate::testing::machine_cannot(
+                "guard::notify::a_pressure_trigger_on_the_real_file",
+                &why,
+            );
             return;
         };
         // --max-memory-pressure=50 asks for the earlier of 50% and EARLY.
@@ -489,13 +493,20 @@ mod tests {
                 .any(|c| c == "memory")
                 .then_some(path.to_owned())
         }) else {
-            eprintln!("NOT RUN: no cgroup v1 memory controller");
+            crate::testing::machine_cannot(
+                "guard::notify::crossing_a_mark_makes_the_eventfd_readable",
+                "no cgroup v1 memory controller",
+            );
             return;
         };
         let parent = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
         let dir = parent.join(format!("jsrun-unit-{}", std::process::id()));
         if std::fs::create_dir(&dir).is_err() {
-            eprintln!("NOT RUN: cannot make a cgroup in {}", parent.display());
+            let why = format!("cannot make a cgroup in {}", parent.display());
+            crate::testing::machine_cannot(
+                "guard::notify::crossing_a_mark_makes_the_eventfd_readable",
+                &why,
+            );
             return;
         }
         let limit = 512u64 << 20;
@@ -549,13 +560,21 @@ mod tests {
         let (_, sources) = psi_files();
         let mut notices = Notices::new(&sources, memory(1 << 20));
         if notices.trigger.is_none() {
-            eprintln!("NOT RUN: no trigger allowed here: {:?}", notices.said);
+            let why = format!("no trigger allowed here: {:?}", notices.said);
+            crate::testing::machine_cannot(
+                "guard::notify::a_memory_stall_fires_the_pressure_trigger",
+                &why,
+            );
             return;
         }
         let parent = Path::new("/sys/fs/cgroup/memory");
         let dir = parent.join(format!("jsrun-stall-{}", std::process::id()));
         if std::fs::create_dir(&dir).is_err() {
-            eprintln!("NOT RUN: cannot make a cgroup in {}", parent.display());
+            let why = format!("cannot make a cgroup in {}", parent.display());
+            crate::testing::machine_cannot(
+                "guard::notify::a_memory_stall_fires_the_pressure_trigger",
+                &why,
+            );
             return;
         }
         std::fs::write(dir.join("memory.limit_in_bytes"), (48u64 << 20).to_string()).unwrap();
