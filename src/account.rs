@@ -231,7 +231,7 @@ impl<'p> Accountant<'p> {
                 reply(Ok(&fuse::open_out(fh)))
             }
             // A read of nothing takes nothing.
-            Op::Flush | Op::Read { size: 0, .. } => reply(Ok(&[])),
+            Op::Read { size: 0, .. } => reply(Ok(&[])),
             Op::Read {
                 fh, nonblocking, ..
             } => {
@@ -303,7 +303,8 @@ impl<'p> Accountant<'p> {
                 reply(Ok(&[]))
             }
             Op::Forget => return,
-            Op::Init { .. } | Op::Other(_) => reply(Err(Errno::ENOSYS)),
+            // FLUSH: a kernel older than FOPEN_NOFLUSH sends none again once told ENOSYS.
+            Op::Flush | Op::Init { .. } | Op::Other(_) => reply(Err(Errno::ENOSYS)),
             Op::Malformed => reply(Err(Errno::EINVAL)),
         };
         self.file.send(&message);

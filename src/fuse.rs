@@ -2,8 +2,8 @@
 //! `/dev/fuse`, spoken by hand.
 //!
 //! Only what a token file needs: INIT, GETATTR, SETATTR (answered with the same
-//! attributes), STATFS, OPEN, READ, WRITE, POLL (with its wake-up notification), INTERRUPT, FLUSH,
-//! RELEASE, GETXATTR (the pool's state for `--info`), DESTROY; every other opcode gets
+//! attributes), STATFS, OPEN, READ, WRITE, POLL (with its wake-up notification), INTERRUPT,
+//! FLUSH (ENOSYS: none is wanted), RELEASE, GETXATTR (the pool's state for `--info`), DESTROY; every other opcode gets
 //! ENOSYS, FORGET none. Requests are parsed from little-endian bytes with safe code.
 //! A READ that must wait is answered later by its `unique` id, from the same poll loop as
 //! everything else: no thread.
@@ -37,6 +37,10 @@ const OUT_HEADER: usize = 16;
 
 pub const FOPEN_DIRECT_IO: u32 = 1;
 pub const FOPEN_NONSEEKABLE: u32 = 4;
+/// No FLUSH at every close(2) of the file (Linux 5.16): make marks its jobserver
+/// descriptors close-on-exec, so every recipe it starts would close two of them on the way
+/// into its exec, each close a round trip to the daemon.
+pub const FOPEN_NOFLUSH: u32 = 32;
 const FUSE_POLL_SCHEDULE_NOTIFY: u32 = 1;
 const FUSE_NOTIFY_POLL: i32 = 1;
 /// The name of the extended attribute that describes the pool (free tokens, holders).
@@ -233,11 +237,12 @@ pub fn statfs_out() -> Vec<u8> {
     out
 }
 
-/// `struct fuse_open_out`: handle `fh`; no page cache, no offsets.
+/// `struct fuse_open_out`: handle `fh`; no page cache, no offsets, no FLUSH.
 pub fn open_out(fh: u64) -> Vec<u8> {
     let mut out = vec![0u8; 16];
     out[0..8].copy_from_slice(&fh.to_le_bytes());
-    out[8..12].copy_from_slice(&(FOPEN_DIRECT_IO | FOPEN_NONSEEKABLE).to_le_bytes());
+    let flags = FOPEN_DIRECT_IO | FOPEN_NONSEEKABLE | FOPEN_NOFLUSH;
+    out[8..12].copy_from_slice(&flags.to_le_bytes());
     out
 }
 
@@ -610,6 +615,10 @@ mod tests {
         let out = reply(9, Ok(b"+"));
         assert_eq!(u32::from_le_bytes(out[0..4].try_into().unwrap()), 17);
         assert_eq!(u64::from_le_bytes(out[8..16].try_into().unwrap()), 9);
+        // Opened without page cache, offsets or FLUSH at every close.
+        let open = open_out(3);
+        let flags = u32::from_le_bytes(open[8..12].try_into().unwrap());
+        assert_eq!(flags, FOPEN_DIRECT_IO | FOPEN_NONSEEKABLE | FOPEN_NOFLUSH);
         let attr = attr_out(0o660, 0, 5);
         assert_eq!(
             u32::from_le_bytes(attr[76..80].try_into().unwrap()),
