@@ -164,10 +164,16 @@ impl<'p> Steer<'p> {
                     if let Some(guard) = &mut self.guard {
                         if in_use > self.in_use {
                             guard.started(now);
-                        } else if guard.has_paused()
+                            // Started beside a paused job: it is to be paused at once.
+                            if guard.has_paused()
+                                && let Some(limiter) = &mut self.limiter
+                            {
+                                limiter.next_check = now;
+                            }
+                        } else if guard.wants_ends(governor.slots())
                             && let Some(limiter) = &mut self.limiter
                         {
-                            // A job ended: a paused one may resume.
+                            // A job ended: a paused one may resume, or another start.
                             limiter.next_check = now;
                         }
                     }
@@ -216,17 +222,18 @@ impl<'p> Steer<'p> {
         let mut pace = false;
         if let Some(guard) = &mut self.guard {
             let (available, pressure) = limiter.probe.last_memory();
+            let slots = self.governor.as_ref().map_or(1, Governor::slots);
             guard.look(
                 now,
                 Sample {
                     available,
                     pressure,
                 },
+                slots,
                 crew,
                 report,
             );
             next = guard.next_look();
-            let slots = self.governor.as_ref().map_or(1, Governor::slots);
             pace = limiter.exceeded.is_none() && !guard.may_start(now, slots);
             if pace {
                 next = next.min(PACE);
@@ -238,15 +245,16 @@ impl<'p> Steer<'p> {
         }
     }
 
-    /// One of jsrun's own jobs ended: its peak is learnt, and with a job paused, jsrun looks
-    /// again at once.
+    /// One of jsrun's own jobs ended: its peak is learnt, and with a job paused or starts
+    /// admitted from the jobs' sizes, jsrun looks again at once.
     pub fn job_ended(&mut self, now: Instant) {
         if let Some(guard) = &mut self.guard
             && guard.runner()
         {
             guard.reaped();
         }
-        if self.guard.as_ref().is_some_and(Guard::has_paused)
+        let slots = self.governor.as_ref().map_or(1, Governor::slots);
+        if self.guard.as_ref().is_some_and(|g| g.wants_ends(slots))
             && let Some(limiter) = &mut self.limiter
         {
             limiter.next_check = now;

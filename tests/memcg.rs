@@ -409,28 +409,32 @@ fn a_job_larger_than_the_limit_fails_and_the_build_ends() {
     );
 }
 
-/// No new job starts while a job is paused: the paused ones are the oldest, and memory
+/// No new job starts while a job is paused: the paused ones are the youngest, and memory
 /// that comes back is theirs first (they resume oldest first). `jsrun -j8
-/// --min-memory-avail=64M --trace T grow ... ::: 1..12` of 12 jobs that idle 0.6 s, then
-/// grow to 60 MiB, in 256 MiB: every `start` the jobs log (CLOCK_REALTIME, turned into jsrun's
-/// CLOCK_MONOTONIC) falls where the trace's `jobs paused` track is 0. The runner's starts
-/// are jsrun's own; under make, make's implicit slot starts a job without a token, and a
-/// token make gives back races jsrun's hold (README: what pausing cannot do).
+/// --min-memory-avail=128M --trace T grow --mib {} ... ::: 4 50 50 50 50 50 50 4 4 4` in
+/// 256 MiB, every job idling 1.5 s before it grows over 2 s: the first, small, job teaches
+/// the guard a small footprint, so the six of 50 MiB start side by side while they idle,
+/// and grow together past what fits; the guard must pause. Every `start` the jobs log
+/// (CLOCK_REALTIME, turned into jsrun's CLOCK_MONOTONIC) falls where the trace's `jobs
+/// paused` track is 0.
 #[test]
 fn guard_starts_no_new_job_while_one_is_paused() {
     each_version(
         "memcg::guard_starts_no_new_job_while_one_is_paused",
         |cg, sandbox| {
             let trace = sandbox.str("trace.json");
-            let mut words = ["-j8", "-k", MIN_AVAIL, "--stats", "--trace", &trace]
+            let min = "--min-memory-avail=128M";
+            let mut words = ["-j8", "-k", min, "--stats", "--trace", &trace]
                 .map(String::from)
                 .to_vec();
-            // Jobs that idle for a while before they grow (a link at the end): the pace sees
-            // no fall at their start, so they start side by side and the guard must pause.
-            let late = ["--delay-ms", "600", "--hold-ms", "200"];
-            words.extend(job(sandbox, "{}", JOB_MB, &late));
+            let late = ["--delay-ms", "1500", "--hold-ms", "200", "--secs", "2"];
+            let mut command = job(sandbox, "{#}", JOB_MB, &late);
+            let mib = command.iter().position(|w| w == "--mib").expect("--mib") + 1;
+            command[mib] = "{}".into();
+            words.extend(command);
             words.push(":::".into());
-            words.extend((1..=12).map(|i| i.to_string()));
+            let sizes = ["4", "50", "50", "50", "50", "50", "50", "4", "4", "4"];
+            words.extend(sizes.map(String::from));
             let offset = epoch_minus_monotonic_us();
             let out = jsrun_in(cg, sandbox, &words);
             out.success();

@@ -466,6 +466,53 @@ fn recipes_are_paused_as_trees_and_make_never(make: &Path) {
     );
 }
 
+/// make 4.4.1 -j3 of a, b, c, d: c is paused; then a ends and make starts d beside it,
+/// with the token a gave back (jsrun's hold cannot win that race) or its implicit slot.
+/// Memory is short but no longer falling, so only the rule that paused jobs are the
+/// youngest pauses d, at once; when memory comes back, c resumes before d.
+#[test]
+fn a_recipe_started_beside_a_paused_one_is_paused_at_once() {
+    let sandbox = Sandbox::new();
+    let mut memory = Memory::new(&sandbox);
+    let ids = ["a", "b", "c", "d"];
+    let mut makefile = format!("all: {}\n", ids.join(" "));
+    for id in ids {
+        makefile += &format!("{id}:\n\t{}\n", grow(&sandbox, id, &[]));
+    }
+    sandbox.write("Makefile", makefile);
+    let mut running = sandbox
+        .jsrun()
+        .env("JSRUN_PROC_DIR", &memory.dir)
+        .args(["-v", "--stats", "-j3", MIN, "--"])
+        .arg(crate::util::make44())
+        .deadline(Duration::from_secs(40))
+        .spawn();
+    let p = pids(&mut running, &["a", "b", "c"]);
+    fall_until_paused(&mut running, &mut memory, "recipe c to be paused", p[2]);
+    // Below the minimum, not below half of it, and not falling: nothing else to pause.
+    memory.set(700);
+    release(&sandbox, "a");
+    let d = pids(&mut running, &["d"])[0];
+    running.wait_until("recipe d to be paused", || paused(d));
+    assert!(paused(p[2]), "recipe c was resumed while memory was short");
+    assert!(!paused(p[1]), "recipe b, the last running, was paused");
+    memory.set(PLENTY_MIB);
+    running.wait_until("c and d to be resumed", || !paused(p[2]) && !paused(d));
+    release_all(&sandbox, &["b", "c", "d"]);
+    let output = running.wait();
+    output.success().stderr_lacks("warning");
+    let order: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("jsrun: resumed job"))
+        .collect();
+    assert!(
+        order.len() == 2 && order[0].contains("release-c") && order[1].contains("release-d"),
+        "c resumes first, then d:\n{}",
+        output.stderr
+    );
+}
+
 #[test]
 fn make44_recipes_are_paused_as_trees_and_make_never() {
     recipes_are_paused_as_trees_and_make_never(&crate::util::make44());

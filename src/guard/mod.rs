@@ -125,17 +125,19 @@ impl Guard {
         }
     }
 
-    /// One look: the sample, then, when memory is short or near it or a job is paused,
-    /// the jobs, and what to do about them.
+    /// One look in a pool of `slots`: the sample, then, when memory is short or near it, a
+    /// job is paused or starts are admitted from the jobs' sizes, the jobs, and what to do
+    /// about them.
     pub fn look(
         &mut self,
         now: Instant,
         sample: Sample,
+        slots: usize,
         crew: &[Running<'_>],
         report: &mut Report,
     ) {
         self.policy.sample(now, sample);
-        if self.off || !self.policy.watching(!self.paused.is_empty()) {
+        if self.off || !self.policy.watching(!self.paused.is_empty(), slots) {
             return;
         }
         let found = self.find(crew);
@@ -149,6 +151,7 @@ impl Guard {
                 paused: self.paused.iter().any(|p| p.key == f.key),
                 rss: f.rss,
                 cpu: f.cpu,
+                elapsed: tree::since_start(f.key.1),
             })
             .collect();
         // A paused job no longer found (killed from outside, or its make died and it was
@@ -229,7 +232,7 @@ impl Guard {
             nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         {
             let kib = u64::try_from(usage.max_rss()).unwrap_or(0);
-            self.policy.ended(kib * 1024);
+            self.policy.ended(kib * 1024, None);
         }
     }
 
@@ -240,6 +243,12 @@ impl Guard {
 
     pub fn has_paused(&self) -> bool {
         !self.paused.is_empty()
+    }
+
+    /// Whether a job's end matters at once: one is paused (it may resume), or starts are
+    /// admitted from the jobs' sizes in a pool of `slots` (the next may start).
+    pub fn wants_ends(&self, slots: usize) -> bool {
+        self.has_paused() || self.policy.tight(slots)
     }
 
     /// Resumes every paused job and pauses no more: at the end, on SIGINT, SIGTERM, SIGHUP.
@@ -309,7 +318,8 @@ impl Guard {
         }
     }
 
-    /// Keeps each job's peak; a job gone since the last scan teaches its peak.
+    /// Keeps each job's peak; a job gone since the last scan teaches its peak and how long
+    /// it ran (up to now: it ended since the last scan).
     fn learn(&mut self, found: &[Found]) {
         let mut peaks = HashMap::with_capacity(found.len());
         for f in found {
@@ -318,7 +328,7 @@ impl Guard {
         }
         for (key, peak) in std::mem::replace(&mut self.peaks, peaks) {
             if !self.peaks.contains_key(&key) {
-                self.policy.ended(peak);
+                self.policy.ended(peak, Some(tree::since_start(key.1)));
             }
         }
     }

@@ -3,8 +3,8 @@
 //! else:
 //!
 //! - cgroup v1 usage **marks** (`cgroup.event_control` with an eventfd on
-//!   `memory.usage_in_bytes`), at the minimum's distance from each limit (short) and twice
-//!   that (near): the eventfd becomes readable when usage crosses a mark either way;
+//!   `memory.usage_in_bytes`), at the minimum's distance from each limit (short), half
+//!   that (critical: pausing) and twice that (near): the eventfd becomes readable when usage crosses a mark either way;
 //! - a PSI **trigger** on `/proc/pressure/memory`, or where that cannot be had the own
 //!   cgroup v2 `memory.pressure`: `some T W` makes the file poll `POLLPRI` when tasks
 //!   stalled on memory for T µs within a window of W µs (1 s; 2 s where only a multiple
@@ -85,7 +85,7 @@ impl Notices {
         let mut notices = Notices::default();
         if let Some(min) = wanted.min_available {
             for (dir, limit) in &sources.v1_limits {
-                for distance in [min, min.saturating_mul(2)] {
+                for distance in [min / 2, min, min.saturating_mul(2)] {
                     let Some(mark) = limit.checked_sub(distance).filter(|m| *m > 0) else {
                         continue;
                     };

@@ -3,11 +3,14 @@
 //! /proc, no signal, no clock of its own (every call is given `now`), so that recorded memory
 //! curves can drive it in the unit tests.
 //!
-//! - **Pause** the youngest running job when memory is short (available below the minimum,
-//!   or pressure at or above the maximum) *and still running short*: available fell by more
-//!   than [`NOISE`] within the last [`TREND`] (pressure rose). Memory that is short but
-//!   steady is left to holding back: pausing frees nothing, it only stops growth. Never the
-//!   last running job.
+//! - **Pause** the youngest running job when memory is critical (available below half the
+//!   minimum: the minimum holds back new starts, pausing is the last resort; or pressure at
+//!   or above the maximum) *and still running short*: available fell by more than [`NOISE`]
+//!   within the last [`TREND`] (pressure rose). Memory that is short but steady is left to
+//!   holding back: pausing frees nothing, it only stops growth. Never the last running job.
+//! - **Pause at once** a running job younger than a paused one (a client started it beside
+//!   the paused one, in its implicit slot or with a token it gave back and took again):
+//!   the paused jobs are always the youngest.
 //! - **Resume** the oldest paused job when memory is no longer short and has room for it: the
 //!   minimum plus what the job held when it was paused (a paused job's footprint is what it
 //!   will need at least once it runs on), or a quarter of the minimum if that is more; one
@@ -16,9 +19,25 @@
 //!   jobs made no progress (their CPU time did not grow) for [`STALL`]: they may wait for a
 //!   paused one (a lock, a pipe). No pause follows for [`STALL`] after such a resume.
 //! - **Start nothing new** while a job is paused: the paused job is resumed first.
-//! - **Pace** new starts while the room above the minimum is less than one footprint per slot
-//!   (the largest peak of a job that ended, else the minimum itself): a start at most every
-//!   [`PACE`], and none while the trend since the last start would use the room within
+//! - **Admit** a new start, while the room above the minimum is less than one footprint per
+//!   slot, only when the room holds what the jobs, the new one included, are expected to
+//!   take. The footprint is the largest of: the largest peak of a job that ended (before
+//!   one ended, the minimum itself stands in), and the largest job now.
+//!   - Before a job was seen from start to end, and while memory falls (the jobs grow),
+//!     each running job is expected to grow to the footprint and stay, and a job started
+//!     since the last look counts whole: a first wave of jobs that grow together starts as
+//!     many as their footprints fit, not as many as fit while they are still small. While
+//!     memory does not fall, nothing foretells growth: the pace alone.
+//!   - Once the job with the largest peak was seen from start to end (its *shape*: peak
+//!     and duration), every job is expected to grow as it did, evenly from nothing to that
+//!     peak, and to end when its duration has passed (a job older than that: at its
+//!     footprint, ending at an unknown time). The start is admitted when, just before each
+//!     expected end, what the jobs will have grown by, less what the ended ones freed, fits
+//!     the room: jobs at different stages fit where as many starting together would not.
+//!
+//!   Pausing is left for what this could not foresee.
+//! - **Pace** new starts in that case too: a start at most every [`PACE`], and, before a
+//!   shape is known, none while the trend since the last start would use the room within
 //!   [`HORIZON`].
 //! - **Look** every [`LOOK`], faster as memory falls towards the minimum: a quarter of the
 //!   time it would take to reach it at the current rate, down to [`FASTEST_LOOK`]. Slower
@@ -79,6 +98,8 @@ pub struct JobView {
     pub paused: bool,
     /// Resident memory of the job's processes, bytes.
     pub rss: u64,
+    /// Since the job's root process started.
+    pub elapsed: Duration,
     /// CPU time of the job's processes, clock ticks.
     pub cpu: u64,
 }
@@ -114,8 +135,14 @@ pub struct Policy {
     progress: Option<Instant>,
     /// The largest peak footprint of a job that ended.
     footprint: Option<u64>,
+    /// The peak and duration of the job with the largest peak seen from start to end.
+    shape: Option<(u64, Duration)>,
     /// The last start: when, and the memory available then.
     last_start: Option<(Instant, Option<u64>)>,
+    /// The resident memory and age of each running job at the last look at the jobs.
+    running: Vec<(u64, Duration)>,
+    /// Starts since the last look at the jobs (not in `running` yet).
+    unseen: usize,
     last: Sample,
     /// The sample of available memory before the last one.
     previous: Option<(Instant, u64)>,
@@ -134,7 +161,10 @@ impl Policy {
             cpu: 0,
             progress: None,
             footprint: None,
+            shape: None,
             last_start: None,
+            running: Vec::new(),
+            unseen: 0,
             last: Sample::default(),
             previous: None,
             notified: false,
@@ -175,6 +205,20 @@ impl Policy {
         let memory = matches!(
             (self.last.available, self.limits.min_available),
             (Some(a), Some(min)) if a < min
+        );
+        let pressure = matches!(
+            (self.last.pressure, self.limits.max_pressure),
+            (Some(p), Some(max)) if p >= max
+        );
+        memory || pressure
+    }
+
+    /// Memory is critical: available is below half the minimum (pausing is the last
+    /// resort), or pressure at or above the maximum.
+    pub fn critical(&self) -> bool {
+        let memory = matches!(
+            (self.last.available, self.limits.min_available),
+            (Some(a), Some(min)) if a < min / 2
         );
         let pressure = matches!(
             (self.last.pressure, self.limits.max_pressure),
@@ -224,6 +268,8 @@ impl Policy {
     /// What to do now about the jobs, one action at a time.
     pub fn decide(&mut self, now: Instant, jobs: &[JobView]) -> Option<Action> {
         let running = || jobs.iter().filter(|j| !j.paused);
+        self.running = running().map(|j| (j.rss, j.elapsed)).collect();
+        self.unseen = 0;
         let oldest_paused = jobs.iter().filter(|j| j.paused).min_by_key(|j| j.age);
         let cpu: u64 = running().map(|j| j.cpu).sum();
         if cpu != self.cpu || self.progress.is_none() || oldest_paused.is_none() {
@@ -244,10 +290,22 @@ impl Policy {
         let after_forced = self
             .forced
             .is_none_or(|f| now.saturating_duration_since(f) >= STALL);
-        if self.short() && self.falling() && after_forced && running().count() >= 2 {
-            let youngest = running().max_by_key(|j| j.age)?;
+        let beside = oldest_paused.and_then(|paused| {
+            running()
+                .filter(|j| j.age > paused.age)
+                .max_by_key(|j| j.age)
+        });
+        let pause = match beside {
+            Some(job) => Some(job),
+            None if self.critical() && self.falling() => running().max_by_key(|j| j.age),
+            None => None,
+        };
+        if let Some(job) = pause
+            && after_forced
+            && running().count() >= 2
+        {
             self.progress = Some(now);
-            return Some(Action::Pause(youngest.id));
+            return Some(Action::Pause(job.id));
         }
         let job = oldest_paused?;
         let gap = self
@@ -270,14 +328,76 @@ impl Policy {
         Action::Resume(id, why)
     }
 
-    /// A job ended whose peak footprint was `peak` bytes.
-    pub fn ended(&mut self, peak: u64) {
+    /// A job ended whose peak footprint was `peak` bytes, after `duration` when it is
+    /// known.
+    pub fn ended(&mut self, peak: u64, duration: Option<Duration>) {
         self.footprint = Some(self.footprint.map_or(peak, |f| f.max(peak)));
+        if let Some(duration) = duration.filter(|d| !d.is_zero())
+            && self.shape.is_none_or(|(top, _)| peak >= top)
+        {
+            self.shape = Some((peak, duration));
+        }
     }
 
     /// A job started (or a token went out for one).
     pub fn started(&mut self, now: Instant) {
         self.last_start = Some((now, self.last.available));
+        self.unseen += 1;
+    }
+
+    /// What one job is expected to take at its peak: the largest peak of a job that ended
+    /// (the minimum before one did), or the largest job now if that is more.
+    fn footprint(&self) -> Option<u64> {
+        let known = self.footprint.or(self.limits.min_available)?;
+        let largest = self.running.iter().map(|j| j.0).max().unwrap_or(0);
+        Some(known.max(largest).max(1))
+    }
+
+    /// Whether the room above the minimum holds fewer footprints than there are `slots`:
+    /// starts are admitted one by one, from the jobs' sizes.
+    pub fn tight(&self, slots: usize) -> bool {
+        match (self.room(), self.footprint()) {
+            (Some(room), Some(footprint)) => room / footprint < slots as u64,
+            _ => false,
+        }
+    }
+
+    /// Whether the room holds a new job besides the running ones (see the module's
+    /// **Admit**).
+    fn fits(&self, room: u64, footprint: u64) -> bool {
+        let shape = self.shape.filter(|&(peak, _)| peak > 0);
+        // Each job: resident now, and when it is expected to end (`None`: not foreseen).
+        let ends = |elapsed: Duration| shape.and_then(|(_, d)| d.checked_sub(elapsed));
+        let jobs: Vec<(u64, Option<Duration>)> = self
+            .running
+            .iter()
+            .map(|&(rss, elapsed)| (rss, ends(elapsed)))
+            .chain((0..=self.unseen).map(|_| (0, ends(Duration::ZERO))))
+            .collect();
+        let rate = shape.map_or(0.0, |(_, d)| footprint as f64 / d.as_secs_f64());
+        // What the jobs take, beyond what they hold now, just before `at` (`None`: once
+        // every foreseen end has passed).
+        let need = |at: Option<Duration>| -> f64 {
+            jobs.iter()
+                .map(|&(rss, end)| {
+                    let gone = matches!((end, at), (Some(e), Some(a)) if e < a)
+                        || (end.is_some() && at.is_none());
+                    let top = rss.max(footprint) as f64;
+                    let then = match at {
+                        _ if gone => 0.0,
+                        Some(a) if end.is_some() => top.min(rss as f64 + rate * a.as_secs_f64()),
+                        _ => top,
+                    };
+                    then - rss as f64
+                })
+                .sum()
+        };
+        let room = room as f64;
+        need(None) <= room
+            && jobs
+                .iter()
+                .filter_map(|j| j.1)
+                .all(|at| need(Some(at)) <= room)
     }
 
     /// Whether a new job may start now in a pool of `slots`; `paused`: a job is paused.
@@ -287,12 +407,18 @@ impl Policy {
         if paused || self.short() {
             return false;
         }
-        let (Some(room), Some(min)) = (self.room(), self.limits.min_available) else {
+        let (Some(room), Some(footprint)) = (self.room(), self.footprint()) else {
             return true;
         };
-        let footprint = self.footprint.unwrap_or(min).max(1);
-        if room / footprint >= slots as u64 {
+        if !self.tight(slots) {
             return true;
+        }
+        // Nothing runs, as far as the last look saw: a start is always allowed, however
+        // large (a job alone larger than the memory is attempted, as without jsrun).
+        let alone = self.running.is_empty() && self.unseen == 0;
+        let foretold = self.shape.is_some() || self.falling();
+        if !alone && foretold && !self.fits(room, footprint) {
+            return false;
         }
         let Some((at, then)) = self.last_start else {
             return true;
@@ -300,6 +426,9 @@ impl Policy {
         let since = now.saturating_duration_since(at);
         if since < PACE {
             return false;
+        }
+        if self.shape.is_some() {
+            return true;
         }
         let (Some(then), Some(available)) = (then, self.last.available) else {
             return true;
@@ -329,14 +458,14 @@ impl Policy {
             .clamp(LOOK, SLOWEST_LOOK)
     }
 
-    /// Whether the guard must see the jobs at this look: memory is short or near it, or a
-    /// job is paused.
-    pub fn watching(&self, paused: bool) -> bool {
+    /// Whether the guard must see the jobs at this look: memory is short or near it, a
+    /// job is paused, or starts are admitted from the jobs' sizes (in a pool of `slots`).
+    pub fn watching(&self, paused: bool, slots: usize) -> bool {
         let near = match (self.room(), self.limits.min_available) {
             (Some(room), Some(min)) => room < min,
             _ => false,
         };
-        paused || self.short() || near
+        paused || self.short() || near || self.tight(slots)
     }
 }
 
@@ -353,6 +482,7 @@ mod tests {
             paused,
             rss: rss_mib * MIB,
             cpu,
+            elapsed: Duration::ZERO,
         }
     }
 
@@ -395,10 +525,10 @@ mod tests {
     }
 
     #[test]
-    fn falling_below_the_minimum_pauses_the_youngest_first_never_the_last() {
+    fn falling_below_half_the_minimum_pauses_the_youngest_first_never_the_last() {
         let mut policy = memory(512);
-        // 4 jobs growing: 1000 MiB down by 20 MiB per sample, then down to 300 and on.
-        let curve: Vec<u64> = (0..40).map(|i| 1000 - 20 * i).collect();
+        // 4 jobs growing: 1000 MiB down by 20 MiB per sample, to 60.
+        let curve: Vec<u64> = (0..48).map(|i| 1000 - 20 * i).collect();
         let actions = replay(&mut policy, &curve);
         let paused: Vec<u64> = actions
             .iter()
@@ -408,9 +538,42 @@ mod tests {
             })
             .collect();
         assert_eq!(paused, [4, 3, 2], "youngest first, job 1 always runs");
-        // Nothing before memory was short: 1000 - 20 i < 512 from sample 25 on.
-        assert_eq!(actions[0].0, 25, "{actions:?}");
+        // Below the minimum (from sample 25 on) only held back; paused only below half of
+        // it: 1000 - 20 i < 256 from sample 38 on.
+        assert_eq!(actions[0].0, 38, "{actions:?}");
         assert!(actions.iter().all(|(_, a)| matches!(a, Action::Pause(_))));
+    }
+
+    #[test]
+    fn a_job_started_beside_a_paused_one_is_paused_at_once() {
+        // Job 3 is paused; make started job 4 beside it with a token it gave back and
+        // took again. Memory is not short now: job 4 is paused all the same, and job 3,
+        // the oldest paused, resumes first when there is room.
+        let mut policy = memory(512);
+        let now = Instant::now();
+        policy.sample(now, mib(800));
+        let jobs = [
+            job(1, false, 100, 1),
+            job(2, false, 100, 1),
+            job(3, true, 100, 1),
+            job(4, false, 5, 1),
+        ];
+        assert_eq!(policy.decide(now, &jobs), Some(Action::Pause(4)));
+        let jobs = [
+            job(1, false, 100, 2),
+            job(2, false, 100, 2),
+            job(3, true, 100, 1),
+            job(4, true, 5, 1),
+        ];
+        let later = now + RESUME_GAP;
+        policy.sample(later, mib(800));
+        assert_eq!(
+            policy.decide(later, &jobs),
+            Some(Action::Resume(3, Why::Room))
+        );
+        // Never the last running job.
+        let alone = [job(1, true, 100, 1), job(2, false, 5, 1)];
+        assert_eq!(policy.decide(later, &alone), None);
     }
 
     #[test]
@@ -556,10 +719,108 @@ mod tests {
         policy.sample(at(900), mib(500));
         assert!(!policy.may_start(at(900), 8, false));
         // Jobs of 10 MiB ended: 8 of them fit the room, no pacing.
-        policy.ended(10 * MIB);
+        policy.ended(10 * MIB, None);
         policy.sample(at(1000), mib(1648));
         policy.started(at(1000));
         assert!(policy.may_start(at(1001), 8, false));
+    }
+
+    #[test]
+    fn starts_are_admitted_while_the_room_holds_what_running_jobs_will_grow_to() {
+        // The bench's table: 1.5 GiB, a minimum of 512 MiB, 8 slots, jobs that grow to
+        // 400 MiB together. The trend alone let 5 start before their growth showed.
+        let mut policy = memory(512);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let look = |policy: &mut Policy, ms: u64, available: u64, rss: &[u64]| {
+            policy.sample(at(ms), mib(available));
+            let jobs: Vec<JobView> = (0..rss.len())
+                .map(|i| job(i as u64, false, rss[i], ms))
+                .collect();
+            policy.decide(at(ms), &jobs);
+        };
+        look(&mut policy, 0, 1536, &[]);
+        assert!(policy.tight(8) && policy.watching(false, 8));
+        assert!(policy.may_start(at(0), 8, false), "nothing runs: always");
+        policy.started(at(0));
+        // The minimum stands in for the footprint: 1024 MiB of room holds job 1's growth
+        // and one more.
+        look(&mut policy, 200, 1516, &[20]);
+        assert!(policy.may_start(at(200), 8, false));
+        policy.started(at(200));
+        assert!(
+            !policy.may_start(at(400), 8, false),
+            "job 2 not seen yet counts whole"
+        );
+        look(&mut policy, 400, 1476, &[40, 20]);
+        assert!(
+            !policy.may_start(at(400), 8, false),
+            "1004 MiB of room, 984 MiB for the two to grow by: no third"
+        );
+        // Job 1 ended at its peak of 400 MiB; job 2 is at 380: 644 MiB of room holds job
+        // 2's last 20 MiB and one more of 400.
+        policy.ended(400 * MIB, None);
+        look(&mut policy, 4000, 1156, &[380]);
+        assert!(policy.may_start(at(4000), 8, false));
+        policy.started(at(4000));
+        look(&mut policy, 4200, 1136, &[390, 20]);
+        assert!(
+            !policy.may_start(at(4200), 8, false),
+            "624 MiB of room, 390 MiB still to grow: not another 400"
+        );
+        // Small jobs: room for all 8 slots, not tight, no look at the jobs needed.
+        policy.ended(400 * MIB, None);
+        look(&mut policy, 9000, 1536, &[]);
+        let mut small = memory(64);
+        small.ended(10 * MIB, None);
+        small.sample(at(0), mib(1536));
+        assert!(!small.tight(8) && !small.watching(false, 8));
+    }
+
+    #[test]
+    fn once_a_shape_is_known_jobs_at_different_stages_share_the_room() {
+        // The same pool; a job of 400 MiB was seen from start to end in 4 s.
+        let mut policy = memory(512);
+        policy.ended(400 * MIB, Some(Duration::from_secs(4)));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // (MiB, ms since its start) of each running job.
+        let look = |policy: &mut Policy, ms: u64, available: u64, jobs: &[(u64, u64)]| {
+            policy.sample(at(ms), mib(available));
+            let views: Vec<JobView> = jobs
+                .iter()
+                .enumerate()
+                .map(|(i, &(rss, age))| JobView {
+                    elapsed: Duration::from_millis(age),
+                    ..job(i as u64, false, rss, ms)
+                })
+                .collect();
+            policy.decide(at(ms), &views);
+        };
+        // One job at 380 MiB, ending in 200 ms: 644 MiB of room. A new one and then a
+        // second new one fit (380 + 2 x 20 before the end; then 2 x 400 in the room that
+        // the ended job frees), a third would not (3 x 400).
+        look(&mut policy, 0, 1156, &[(380, 3800)]);
+        assert!(policy.may_start(at(0), 8, false));
+        policy.started(at(0));
+        assert!(policy.may_start(at(200), 8, false), "a second");
+        policy.started(at(200));
+        assert!(
+            !policy.may_start(at(400), 8, false),
+            "three starting together would not fit"
+        );
+        // Two jobs at 100 MiB (1 s old): 824 MiB of room. A third now would be at 300 MiB
+        // when they end at 400 each: 1100 MiB. At 2.2 s, it would be at 180: 980 MiB, fits.
+        look(&mut policy, 1000, 1336, &[(100, 1000), (100, 1000)]);
+        assert!(!policy.may_start(at(1000), 8, false));
+        look(&mut policy, 2200, 1096, &[(220, 2200), (220, 2200)]);
+        assert!(policy.may_start(at(2200), 8, false));
+        // A job older than the shape's duration is expected neither to end nor to shrink:
+        // at its footprint, it leaves 624 MiB; the new one's 400 fits, a second does not.
+        look(&mut policy, 9000, 1136, &[(390, 6000)]);
+        assert!(policy.may_start(at(9000), 8, false));
+        policy.started(at(9000));
+        assert!(!policy.may_start(at(9200), 8, false));
     }
 
     #[test]
@@ -615,7 +876,7 @@ mod tests {
         policy.sample(t0 + Duration::from_millis(600), mib(700));
         let look = policy.next_look();
         assert!(look < LOOK && look >= FASTEST_LOOK, "{look:?}");
-        assert!(policy.watching(false));
+        assert!(policy.watching(false, 1));
     }
 
     #[test]

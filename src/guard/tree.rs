@@ -60,6 +60,26 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     })
 }
 
+/// How long ago a process started `start` clock ticks after boot (its `stat` start time).
+pub fn since_start(start: u64) -> Duration {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|n| u64::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(100);
+    let Ok(now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) else {
+        return Duration::ZERO;
+    };
+    let now = Duration::new(
+        u64::try_from(now.tv_sec()).unwrap_or(0),
+        u32::try_from(now.tv_nsec()).unwrap_or(0),
+    );
+    let started = Duration::from_secs(start / ticks)
+        + Duration::from_nanos((start % ticks) * 1_000_000_000 / ticks);
+    now.saturating_sub(started)
+}
+
 /// The bytes of a page.
 pub fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
