@@ -96,6 +96,7 @@ impl Guard {
         }
         let notices = notify::Notices::new(sources, thresholds);
         policy.notified(notices.any());
+        policy.refilled(clients_of.is_some());
         let mut guard = Guard {
             policy,
             limits: thresholds,

@@ -5,7 +5,8 @@
 //!
 //! - **Pause** the youngest running job when memory is critical (available below half the
 //!   minimum: the minimum holds back new starts, pausing is the last resort; or pressure at
-//!   or above the maximum) *and still running short*: available fell by more than [`NOISE`]
+//!   or above the maximum, with available below the minimum when one is set) *and still
+//!   running short*: available fell by more than [`NOISE`]
 //!   within the last [`TREND`] (pressure rose). Memory that is short but steady is left to
 //!   holding back: pausing frees nothing, it only stops growth. Never the last running job.
 //! - **Pause at once** a running job younger than a paused one (a client started it beside
@@ -34,6 +35,8 @@
 //!     footprint, ending at an unknown time). The start is admitted when, just before each
 //!     expected end, what the jobs will have grown by, less what the ended ones freed, fits
 //!     the room: jobs at different stages fit where as many starting together would not.
+//!     Under a client (make, ninja), a job that ends is taken to be followed at once by the
+//!     client's next job in its slot, growing in turn.
 //!
 //!   Pausing is left for what this could not foresee.
 //! - **Pace** new starts in that case too: a start at most every [`PACE`], and, before a
@@ -143,6 +146,10 @@ pub struct Policy {
     running: Vec<(u64, Duration)>,
     /// Starts since the last look at the jobs (not in `running` yet).
     unseen: usize,
+    /// The jobs are a client's (make, ninja): it fills the slot a job leaves with its next
+    /// job at once, without asking (a token it gives back and takes again, its implicit
+    /// slot), so a job's end frees nothing for a start admitted meanwhile.
+    refills: bool,
     last: Sample,
     /// The sample of available memory before the last one.
     previous: Option<(Instant, u64)>,
@@ -165,10 +172,16 @@ impl Policy {
             last_start: None,
             running: Vec::new(),
             unseen: 0,
+            refills: false,
             last: Sample::default(),
             previous: None,
             notified: false,
         }
+    }
+
+    /// The jobs are a client's, which fills a slot again as soon as a job leaves it.
+    pub fn refilled(&mut self, refills: bool) {
+        self.refills = refills;
     }
 
     /// The kernel tells when memory pressure rises: with a pressure limit alone, the
@@ -214,17 +227,20 @@ impl Policy {
     }
 
     /// Memory is critical: available is below half the minimum (pausing is the last
-    /// resort), or pressure at or above the maximum.
+    /// resort), or pressure at or above the maximum while available is below the minimum
+    /// too, when one is set (pressure is a 10 s average: it stays up long after its cause).
     pub fn critical(&self) -> bool {
-        let memory = matches!(
-            (self.last.available, self.limits.min_available),
-            (Some(a), Some(min)) if a < min / 2
-        );
+        let below = |share: u64| {
+            matches!(
+                (self.last.available, self.limits.min_available),
+                (Some(a), Some(min)) if a < min / share
+            )
+        };
         let pressure = matches!(
             (self.last.pressure, self.limits.max_pressure),
             (Some(p), Some(max)) if p >= max
         );
-        memory || pressure
+        below(2) || (pressure && (self.limits.min_available.is_none() || below(1)))
     }
 
     /// Memory keeps running short: available fell, or pressure rose, within [`TREND`].
@@ -380,20 +396,25 @@ impl Policy {
         let need = |at: Option<Duration>| -> f64 {
             jobs.iter()
                 .map(|&(rss, end)| {
-                    let gone = matches!((end, at), (Some(e), Some(a)) if e < a)
-                        || (end.is_some() && at.is_none());
                     let top = rss.max(footprint) as f64;
-                    let then = match at {
-                        _ if gone => 0.0,
-                        Some(a) if end.is_some() => top.min(rss as f64 + rate * a.as_secs_f64()),
-                        _ => top,
+                    let then = match (end, at) {
+                        // Ended: its slot is empty, or a client filled it with a new job.
+                        (Some(e), Some(a)) if e < a && self.refills => {
+                            (rate * (a - e).as_secs_f64()).min(footprint as f64)
+                        }
+                        (Some(e), Some(a)) if e < a => 0.0,
+                        (Some(_), None) => 0.0,
+                        (Some(_), Some(a)) => top.min(rss as f64 + rate * a.as_secs_f64()),
+                        (None, _) => top,
                     };
                     then - rss as f64
                 })
                 .sum()
         };
         let room = room as f64;
-        need(None) <= room
+        // Filled again and again, the slots repeat within one duration: no end to look past
+        // (before a shape is known, no end is foreseen: the end is all there is).
+        ((self.refills && shape.is_some()) || need(None) <= room)
             && jobs
                 .iter()
                 .filter_map(|j| j.1)
@@ -661,6 +682,28 @@ mod tests {
     }
 
     #[test]
+    fn with_a_minimum_too_pressure_pauses_only_below_the_minimum() {
+        let mut policy = Policy::new(Thresholds {
+            min_available: Some(512 * MIB),
+            max_pressure: Some(5.0),
+        });
+        let t0 = Instant::now();
+        let jobs = [job(1, false, 0, 1), job(2, false, 0, 1)];
+        let mut look = |ms: u64, available: u64, pressure: f64| {
+            let now = t0 + Duration::from_millis(ms);
+            let sample = Sample {
+                available: Some(available * MIB),
+                pressure: Some(pressure),
+            };
+            policy.sample(now, sample);
+            policy.decide(now, &jobs)
+        };
+        assert_eq!(look(0, 900, 1.0), None);
+        assert_eq!(look(100, 800, 9.0), None, "rising, but memory is not short");
+        assert_eq!(look(200, 400, 12.0), Some(Action::Pause(2)));
+    }
+
+    #[test]
     fn rising_pressure_pauses_and_pressure_below_the_limit_resumes() {
         let mut policy = Policy::new(Thresholds {
             min_available: None,
@@ -821,6 +864,40 @@ mod tests {
         assert!(policy.may_start(at(9000), 8, false));
         policy.started(at(9000));
         assert!(!policy.may_start(at(9200), 8, false));
+    }
+
+    #[test]
+    fn under_a_client_before_a_shape_is_known_running_jobs_grow_to_the_footprint() {
+        let mut policy = memory(512);
+        policy.refilled(true);
+        let now = Instant::now();
+        policy.sample(now, mib(1536));
+        policy.decide(now, &[job(1, false, 20, 1)]);
+        policy.sample(now + PACE, mib(1520));
+        assert!(policy.may_start(now + PACE, 8, false), "1008 MiB hold two");
+        policy.started(now + PACE);
+        assert!(!policy.may_start(now + 2 * PACE, 8, false), "not three");
+    }
+
+    #[test]
+    fn under_a_client_a_job_that_ends_is_followed_by_the_next_in_its_slot() {
+        // As above: one job at 380 MiB ending in 200 ms, 644 MiB of room. The runner
+        // admits two; under make, the one ending is followed by make's next, which will
+        // have grown to 380 MiB when a new one reaches 400: room for one.
+        let mut policy = memory(512);
+        policy.refilled(true);
+        policy.ended(400 * MIB, Some(Duration::from_secs(4)));
+        let now = Instant::now();
+        policy.sample(now, mib(1156));
+        let running = [JobView {
+            elapsed: Duration::from_millis(3800),
+            ..job(1, false, 380, 1)
+        }];
+        policy.decide(now, &running);
+        assert!(policy.may_start(now, 8, false));
+        policy.started(now);
+        let later = now + PACE;
+        assert!(!policy.may_start(later, 8, false));
     }
 
     #[test]
