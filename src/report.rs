@@ -327,9 +327,11 @@ impl Report {
                 now.saturating_duration_since(self.start) * s.peak as u32,
             ),
         };
+        // Jobs that run on after SIGUSR2 shrank the budget run over it: their time counts
+        // as the budget used in full, not as more than all of it.
         let share = match capacity.is_zero() {
             true => 0.0,
-            false => 100.0 * s.busy.as_secs_f64() / capacity.as_secs_f64(),
+            false => (100.0 * s.busy.as_secs_f64() / capacity.as_secs_f64()).min(100.0),
         };
         (slots, share)
     }
@@ -505,6 +507,13 @@ mod tests {
         // Unknown size: the peak stands in for it over the whole run.
         report.sized_at(None, t0 + s(4));
         assert_eq!(report.utilisation(t0 + s(4)), (4, 100.0 * 5.5 / 16.0));
+        // 4 jobs busy throughout, shrunk to 3 for the last second: they ran on over it.
+        let mut report = Report::new(&Sinks::default()).unwrap();
+        let t0 = report.start;
+        report.sized_at(Some(4), t0);
+        report.sized_at(Some(3), t0 + s(3));
+        report.stats.busy = s(16);
+        assert_eq!(report.utilisation(t0 + s(4)), (3, 100.0));
     }
 
     #[test]
