@@ -617,13 +617,30 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// A test that ends without waiting (a skip, a failed assertion): SIGTERM to the
+    /// group first, so that jsrun removes what it made (its fifo's directory, a mount)
+    /// and no paused job stays stopped; SIGKILL if it has not ended within 5 s.
     fn drop(&mut self) {
-        if self.child.is_some() {
-            self.kill();
-            if let Some(mut child) = self.child.take() {
-                let _ = child.wait();
-            }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill has no memory effects; the group is the one the child leads
+        // (process_group(0)).
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+        // Not reaped until the end: the zombie keeps the group's id from being used again.
+        let ended = || {
+            fs::read_to_string(format!("/proc/{}/stat", child.id()))
+                .ok()
+                .and_then(|s| Some(s[s.rfind(')')? + 2..].starts_with('Z')))
+                .unwrap_or(true)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ended() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
         }
+        // SAFETY: as above; whatever of the group is left.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
     }
 }
 
