@@ -235,7 +235,9 @@ impl<'p> Steer<'p> {
             );
             next = guard.next_look();
             pace = limiter.exceeded.is_none() && !guard.may_start(now, slots);
-            if pace {
+            // While starts are admitted one by one, the next look comes before the
+            // governor lets a second held token go (one every `RELEASE_INTERVAL`).
+            if pace || guard.wants_ends(slots) {
                 next = next.min(PACE);
             }
         }

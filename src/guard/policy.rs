@@ -3,10 +3,11 @@
 //! /proc, no signal, no clock of its own (every call is given `now`), so that recorded memory
 //! curves can drive it in the unit tests.
 //!
-//! - **Pause** the youngest running job when memory is critical (available below half the
-//!   minimum: the minimum holds back new starts, pausing is the last resort; or pressure at
-//!   or above the maximum, with available below the minimum when one is set) *and still
-//!   running short*: available fell by more than [`NOISE`]
+//! - **Pause** the youngest running job when memory is critical (available below the
+//!   minimum while nothing is known of the jobs; below half of it once a shape foretells
+//!   their growth, since the admission keeps to the minimum and pausing is the last resort;
+//!   or pressure at or above the maximum, with available below the minimum when one is
+//!   set) *and still running short*: available fell by more than [`NOISE`]
 //!   within the last [`TREND`] (pressure rose). Memory that is short but steady is left to
 //!   holding back: pausing frees nothing, it only stops growth. Never the last running job.
 //! - **Pause at once** a running job younger than a paused one (a client started it beside
@@ -226,9 +227,11 @@ impl Policy {
         memory || pressure
     }
 
-    /// Memory is critical: available is below half the minimum (pausing is the last
-    /// resort), or pressure at or above the maximum while available is below the minimum
-    /// too, when one is set (pressure is a 10 s average: it stays up long after its cause).
+    /// Memory is critical: available is below the minimum while nothing is known of the
+    /// jobs, below half of it once a shape foretells their growth (the admission keeps to
+    /// the minimum; pausing is the last resort for what it could not foresee); or pressure
+    /// at or above the maximum while available is below the minimum too, when one is set
+    /// (pressure is a 10 s average: it stays up long after its cause).
     pub fn critical(&self) -> bool {
         let below = |share: u64| {
             matches!(
@@ -240,7 +243,8 @@ impl Policy {
             (self.last.pressure, self.limits.max_pressure),
             (Some(p), Some(max)) if p >= max
         );
-        below(2) || (pressure && (self.limits.min_available.is_none() || below(1)))
+        let memory = below(if self.shape.is_some() { 2 } else { 1 });
+        memory || (pressure && (self.limits.min_available.is_none() || below(1)))
     }
 
     /// Memory keeps running short: available fell, or pressure rose, within [`TREND`].
@@ -546,23 +550,29 @@ mod tests {
     }
 
     #[test]
-    fn falling_below_half_the_minimum_pauses_the_youngest_first_never_the_last() {
-        let mut policy = memory(512);
-        // 4 jobs growing: 1000 MiB down by 20 MiB per sample, to 60.
-        let curve: Vec<u64> = (0..48).map(|i| 1000 - 20 * i).collect();
-        let actions = replay(&mut policy, &curve);
-        let paused: Vec<u64> = actions
-            .iter()
-            .filter_map(|(_, a)| match a {
-                Action::Pause(id) => Some(*id),
-                Action::Resume(..) => None,
-            })
-            .collect();
-        assert_eq!(paused, [4, 3, 2], "youngest first, job 1 always runs");
-        // Below the minimum (from sample 25 on) only held back; paused only below half of
+    fn falling_below_the_minimum_pauses_the_youngest_first_never_the_last() {
+        // 4 jobs growing: 1000 MiB down by 20 MiB per sample, to 60. Nothing known of the
+        // jobs: paused below the minimum, 1000 - 20 i < 512 from sample 25 on. Once a shape
+        // foretells their growth, held back below the minimum and paused only below half of
         // it: 1000 - 20 i < 256 from sample 38 on.
-        assert_eq!(actions[0].0, 38, "{actions:?}");
-        assert!(actions.iter().all(|(_, a)| matches!(a, Action::Pause(_))));
+        let curve: Vec<u64> = (0..48).map(|i| 1000 - 20 * i).collect();
+        for (shape, first) in [(None, 25), (Some(Duration::from_secs(4)), 38)] {
+            let mut policy = memory(512);
+            if shape.is_some() {
+                policy.ended(400 * MIB, shape);
+            }
+            let actions = replay(&mut policy, &curve);
+            let paused: Vec<u64> = actions
+                .iter()
+                .filter_map(|(_, a)| match a {
+                    Action::Pause(id) => Some(*id),
+                    Action::Resume(..) => None,
+                })
+                .collect();
+            assert_eq!(paused, [4, 3, 2], "youngest first, job 1 always runs");
+            assert_eq!(actions[0].0, first, "{shape:?}: {actions:?}");
+            assert!(actions.iter().all(|(_, a)| matches!(a, Action::Pause(_))));
+        }
     }
 
     #[test]
