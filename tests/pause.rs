@@ -468,8 +468,9 @@ fn recipes_are_paused_as_trees_and_make_never(make: &Path) {
 
 /// make 4.4.1 -j3 of a, b, c, d: c is paused; then a ends and make starts d beside it,
 /// with the token a gave back (jsrun's hold cannot win that race) or its implicit slot.
-/// Memory is short but no longer falling, so only the rule that paused jobs are the
-/// youngest pauses d, at once; when memory comes back, c resumes before d.
+/// Memory is back above the minimum but without room for c to resume, and not falling, so
+/// only the rule that paused jobs are the youngest pauses d, at once; when memory comes
+/// back, c resumes before d.
 #[test]
 fn a_recipe_started_beside_a_paused_one_is_paused_at_once() {
     let sandbox = Sandbox::new();
@@ -489,12 +490,13 @@ fn a_recipe_started_beside_a_paused_one_is_paused_at_once() {
         .spawn();
     let p = pids(&mut running, &["a", "b", "c"]);
     fall_until_paused(&mut running, &mut memory, "recipe c to be paused", p[2]);
-    // Below the minimum, not below half of it, and not falling: nothing else to pause.
-    memory.set(700);
+    // 76 MiB above the minimum: not short, so nothing else is paused; too little room for
+    // c to resume (a quarter of the minimum at least).
+    memory.set(1100);
     release(&sandbox, "a");
     let d = pids(&mut running, &["d"])[0];
     running.wait_until("recipe d to be paused", || paused(d));
-    assert!(paused(p[2]), "recipe c was resumed while memory was short");
+    assert!(paused(p[2]), "recipe c was resumed without room for it");
     assert!(!paused(p[1]), "recipe b, the last running, was paused");
     memory.set(PLENTY_MIB);
     running.wait_until("c and d to be resumed", || !paused(p[2]) && !paused(d));
