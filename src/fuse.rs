@@ -3,8 +3,8 @@
 //!
 //! Only what a token file needs: INIT, GETATTR, SETATTR (answered with the same
 //! attributes), STATFS, OPEN, READ, WRITE, POLL (with its wake-up notification), INTERRUPT,
-//! FLUSH (ENOSYS: none is wanted), RELEASE, GETXATTR (the pool's state for `--info`), DESTROY; every other opcode gets
-//! ENOSYS, FORGET none. Requests are parsed from little-endian bytes with safe code.
+//! FLUSH (ENOSYS: none is wanted), RELEASE, GETXATTR (the pool's state for `--info`),
+//! DESTROY; every other opcode gets ENOSYS, FORGET none. Requests are parsed from little-endian bytes with safe code.
 //! A READ that must wait is answered later by its `unique` id, from the same poll loop as
 //! everything else: no thread.
 //!

@@ -162,18 +162,17 @@ impl<'p> Steer<'p> {
                     report.counter("slots in use", in_use);
                     report.counter("held back", held);
                     if let Some(guard) = &mut self.guard {
-                        if in_use > self.in_use {
+                        let started = in_use > self.in_use;
+                        if started {
                             guard.started(now);
-                            // Started beside a paused job: it is to be paused at once.
-                            if guard.has_paused()
-                                && let Some(limiter) = &mut self.limiter
-                            {
-                                limiter.next_check = now;
-                            }
-                        } else if guard.wants_ends(governor.slots())
-                            && let Some(limiter) = &mut self.limiter
-                        {
-                            // A job ended: a paused one may resume, or another start.
+                        }
+                        // A job started beside a paused one is to be paused at once; after
+                        // an end, a paused one may resume, or another job start.
+                        let look = match started {
+                            true => guard.has_paused(),
+                            false => guard.wants_ends(governor.slots()),
+                        };
+                        if look && let Some(limiter) = &mut self.limiter {
                             limiter.next_check = now;
                         }
                     }

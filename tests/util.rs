@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -139,29 +139,10 @@ fn peer(name: &str, variable: &str, fallback: &str) -> PathBuf {
     path
 }
 
-/// Says loudly that this machine cannot give a test the real resource it needs
-/// (a memory cgroup of some kind, a FUSE mount), so the test returns without
-/// having checked anything. The line goes to stderr and, when scripts/test runs
-/// the suite, to the file in `JSRUN_CANNOT_LOG`, which scripts/test prints after
-/// the total: such a test is never counted silently as a pass.
-#[allow(
-    dead_code,
-    reason = "for the tests of real memory cgroups and FUSE mounts"
-)]
-pub fn machine_cannot(test: &str, why: &str) {
-    let line = format!("NOT RUN on this machine: {test}: {why}");
-    eprintln!("{line}");
-    if let Some(log) = std::env::var_os("JSRUN_CANNOT_LOG") {
-        let appended = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut file| writeln!(file, "{line}"));
-        if let Err(err) = appended {
-            panic!("{line} (and JSRUN_CANNOT_LOG could not take it: {err})");
-        }
-    }
-}
+/// `machine_cannot`: one source for the unit tests and these (another crate).
+#[path = "../src/testing.rs"]
+mod testing;
+pub use testing::machine_cannot;
 
 // ---------------------------------------------------------------------------
 // Sandbox and commands

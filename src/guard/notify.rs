@@ -4,7 +4,8 @@
 //!
 //! - cgroup v1 usage **marks** (`cgroup.event_control` with an eventfd on
 //!   `memory.usage_in_bytes`), at the minimum's distance from each limit (short), half
-//!   that (critical once a shape is known: pausing) and twice that (near): the eventfd becomes readable when usage crosses a mark either way;
+//!   that (critical once a shape is known: pausing) and twice that (near): the eventfd
+//!   becomes readable when usage crosses a mark either way;
 //! - a PSI **trigger** on `/proc/pressure/memory`, or where that cannot be had the own
 //!   cgroup v2 `memory.pressure`: `some T W` makes the file poll `POLLPRI` when tasks
 //!   stalled on memory for T µs within a window of W µs (1 s; 2 s where only a multiple

@@ -216,15 +216,23 @@ impl Policy {
 
     /// Available memory is below the minimum, or pressure at or above the maximum.
     pub fn short(&self) -> bool {
-        let memory = matches!(
+        self.below(1) || self.pressing()
+    }
+
+    /// Available memory is below the minimum divided by `share`.
+    fn below(&self, share: u64) -> bool {
+        matches!(
             (self.last.available, self.limits.min_available),
-            (Some(a), Some(min)) if a < min
-        );
-        let pressure = matches!(
+            (Some(a), Some(min)) if a < min / share
+        )
+    }
+
+    /// Pressure is at or above the maximum.
+    fn pressing(&self) -> bool {
+        matches!(
             (self.last.pressure, self.limits.max_pressure),
             (Some(p), Some(max)) if p >= max
-        );
-        memory || pressure
+        )
     }
 
     /// Memory is critical: available is below the minimum while nothing is known of the
@@ -233,18 +241,8 @@ impl Policy {
     /// at or above the maximum while available is below the minimum too, when one is set
     /// (pressure is a 10 s average: it stays up long after its cause).
     pub fn critical(&self) -> bool {
-        let below = |share: u64| {
-            matches!(
-                (self.last.available, self.limits.min_available),
-                (Some(a), Some(min)) if a < min / share
-            )
-        };
-        let pressure = matches!(
-            (self.last.pressure, self.limits.max_pressure),
-            (Some(p), Some(max)) if p >= max
-        );
-        let memory = below(if self.shape.is_some() { 2 } else { 1 });
-        memory || (pressure && (self.limits.min_available.is_none() || below(1)))
+        let memory = self.below(if self.shape.is_some() { 2 } else { 1 });
+        memory || (self.pressing() && (self.limits.min_available.is_none() || self.below(1)))
     }
 
     /// Memory keeps running short: available fell, or pressure rose, within [`TREND`].

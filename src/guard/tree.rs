@@ -62,12 +62,7 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
 
 /// How long ago a process started `start` clock ticks after boot (its `stat` start time).
 pub fn since_start(start: u64) -> Duration {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .and_then(|n| u64::try_from(n).ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(100);
+    let ticks = sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap_or(100);
     let Ok(now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) else {
         return Duration::ZERO;
     };
@@ -82,11 +77,16 @@ pub fn since_start(start: u64) -> Duration {
 
 /// The bytes of a page.
 pub fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+    sysconf(nix::unistd::SysconfVar::PAGE_SIZE).unwrap_or(4096)
+}
+
+/// A positive `sysconf` value.
+fn sysconf(var: nix::unistd::SysconfVar) -> Option<u64> {
+    nix::unistd::sysconf(var)
         .ok()
         .flatten()
         .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(4096)
+        .filter(|&n| n > 0)
 }
 
 /// The children of `pid`, from every thread's `children` file (a thread that forks is the
